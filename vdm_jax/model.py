@@ -1,0 +1,153 @@
+"""The VDM model: a noise schedule, a score network and the likelihood terms in one linen module.
+
+    model = VDM(image_shape=(28, 28, 1), schedule="learned_linear", network=nets.UNet(...))
+    params = model.init({"params": k0, "sample": k1, "dropout": k2}, images, labels)
+    loss = model.apply(params, images, labels, train=True,
+                       rngs={"sample": k3, "dropout": k4})          # losses.VDMLoss, nats [B]
+
+`__call__` is exactly `losses.vdm_loss` with this model's eps_fn and gamma_fn; `eps` and `gamma`
+are the two functions the sampler calls. Build one from an ml_collections config with
+`from_config(config.model)`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vdm_jax import losses, nets, schedules
+
+Array = jax.Array
+
+NETWORKS = {"vdm_unet": nets.VDMScoreNet, "unet": nets.UNet}
+
+
+class VDM(nn.Module):
+  """Variational Diffusion Model over integer images [B, H, W, C] with values in [0, vocab_size).
+
+  Attributes:
+    network: a score network with the `vdm_jax.nets` call contract.
+    image_shape: (H, W, C) of the data; inputs are checked against it at trace time.
+    vocab_size: number of discrete values per dimension (256 for 8-bit images).
+    schedule: a name in `schedules.SCHEDULES`.
+    gamma_min, gamma_max: the schedule's (initial) endpoints. The network is conditioned on
+      (gamma_t - gamma_min) / (gamma_max - gamma_min) with these fixed numbers, so its input map
+      does not move while a learned schedule trains.
+    T: 0 for the continuous-time loss, else the number of discrete steps.
+    antithetic: low-discrepancy time sampling across the batch.
+    num_classes: 0 for an unconditional model; else labels in [0, num_classes) and the null
+      label `num_classes` (used when labels is None and for classifier-free guidance).
+  """
+
+  network: nn.Module
+  image_shape: Sequence[int] = (28, 28, 1)
+  vocab_size: int = 256
+  schedule: str = "fixed_linear"
+  gamma_min: float = -13.3
+  gamma_max: float = 5.0
+  T: int = 0
+  antithetic: bool = True
+  num_classes: int = 0
+
+  def __post_init__(self):
+    validate(self)
+    super().__post_init__()
+
+  def setup(self):
+    self.gamma_module = schedules.make_schedule(self.schedule, self.gamma_min, self.gamma_max)
+
+  def gamma(self, t: Array) -> Array:
+    """gamma(t): elementwise, float32, any shape."""
+    return self.gamma_module(t)
+
+  def eps(self, z: Array, gamma_t: Array, labels: Array | None = None, *,
+          train: bool = False) -> Array:
+    """eps_hat(z_t; gamma_t): z [B, H, W, C] float32, gamma_t scalar or [B] -> [B, H, W, C]."""
+    gamma_t = jnp.broadcast_to(jnp.asarray(gamma_t, jnp.float32), (z.shape[0],))
+    cond = (gamma_t - self.gamma_min) / (self.gamma_max - self.gamma_min)
+    if self.num_classes and labels is None:
+      labels = jnp.full((z.shape[0],), self.num_classes, jnp.int32)
+    return self.network(z, cond, labels, train=train)
+
+  def __call__(self, images: Array, labels: Array | None = None, *,
+               train: bool = False) -> losses.VDMLoss:
+    """The negative ELBO per example: `losses.VDMLoss` of [B] nats. Uses the 'sample' rng."""
+    self.check_images(images)
+    key = self.make_rng("sample")
+    # Initialise the schedule's parameters outside the jvp inside vdm_loss.
+    self.gamma(jnp.zeros((1,), jnp.float32))
+    return losses.vdm_loss(lambda z, g: self.eps(z, g, labels, train=train), self.gamma, images,
+                           key, vocab_size=self.vocab_size, T=self.T, antithetic=self.antithetic)
+
+  def check_images(self, images: Array) -> None:
+    """Raises (at trace time) if images are not integers of shape [B, *image_shape]."""
+    if tuple(images.shape[1:]) != tuple(self.image_shape):
+      raise ValueError(
+          f"images have shape {tuple(images.shape)}, but the model was built for "
+          f"[batch, {', '.join(map(str, self.image_shape))}]: set config.model.image_shape to "
+          f"{tuple(images.shape[1:])} or feed data of the configured shape.")
+    if not jnp.issubdtype(images.dtype, jnp.integer):
+      raise TypeError(f"images must be integers in [0, {self.vocab_size}), got {images.dtype}.")
+
+
+def validate(model: VDM) -> None:
+  """Checks a model's settings and says what to change."""
+  if not model.gamma_min < model.gamma_max:
+    raise ValueError(f"gamma_min ({model.gamma_min}) must be < gamma_max ({model.gamma_max}): "
+                     "set config.model.gamma_min below config.model.gamma_max.")
+  if model.schedule not in schedules.SCHEDULES:
+    raise ValueError(f"Unknown schedule {model.schedule!r}; choose one of "
+                     f"{sorted(schedules.SCHEDULES)}.")
+  if not isinstance(model.vocab_size, int) or model.vocab_size < 2:
+    raise ValueError(f"vocab_size must be an int >= 2, got {model.vocab_size!r}.")
+  shape = tuple(model.image_shape)
+  if len(shape) != 3 or any(not isinstance(d, int) or d < 1 for d in shape):
+    raise ValueError(f"image_shape must be (H, W, C) of positive ints, got {shape}.")
+  if not isinstance(model.T, int) or model.T < 0:
+    raise ValueError(f"T must be an int >= 0 (0 = continuous time), got {model.T!r}.")
+  net_classes = getattr(model.network, "num_classes", model.num_classes)
+  if net_classes != model.num_classes:
+    raise ValueError(f"the model has num_classes={model.num_classes} but its network has "
+                     f"num_classes={net_classes}; set both from config.model.num_classes.")
+
+
+def from_config(model_config: Mapping[str, Any]) -> VDM:
+  """Builds a VDM from `config.model` (keys: network, <network>: dict of attributes, image_shape,
+  vocab_size, schedule, gamma_min, gamma_max, T, antithetic, num_classes, dtype)."""
+  cfg = dict(model_config)
+  name = cfg.get("network", "unet")
+  if name not in NETWORKS:
+    raise ValueError(f"Unknown network {name!r}; choose one of {sorted(NETWORKS)}.")
+  net_kwargs = dict(cfg.get(name, {}))
+  net_kwargs["num_classes"] = cfg.get("num_classes", 0)
+  if cfg.get("dtype", "float32") != "float32":
+    net_kwargs["dtype"] = jnp.dtype(cfg["dtype"])
+  network = NETWORKS[name](**net_kwargs)
+  return VDM(
+      network=network,
+      image_shape=tuple(cfg.get("image_shape", (28, 28, 1))),
+      vocab_size=cfg.get("vocab_size", 256),
+      schedule=cfg.get("schedule", "fixed_linear"),
+      gamma_min=float(cfg.get("gamma_min", -13.3)),
+      gamma_max=float(cfg.get("gamma_max", 5.0)),
+      T=cfg.get("T", 0),
+      antithetic=cfg.get("antithetic", True),
+      num_classes=cfg.get("num_classes", 0),
+  )
+
+
+def init(model: VDM, key: Array, batch_size: int = 1) -> Any:
+  """Initialises the model's variables with dummy data of the configured shape."""
+  k_params, k_sample, k_dropout = jax.random.split(key, 3)
+  images = jnp.zeros((batch_size, *model.image_shape), jnp.int32)
+  labels = jnp.zeros((batch_size,), jnp.int32) if model.num_classes else None
+  return model.init({"params": k_params, "sample": k_sample, "dropout": k_dropout}, images,
+                    labels)
+
+
+def param_count(params: Any) -> int:
+  """Total number of scalars in a parameter tree."""
+  return sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params))
