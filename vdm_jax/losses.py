@@ -56,7 +56,7 @@ def sum_data_axes(v: Array) -> Array:
 
 
 class DiffusionTerms(NamedTuple):
-  """What the diffusion integrand is made of, per example ([B] each unless noted)."""
+  """What the diffusion integrand is made of, per example ([B] each)."""
   t: Array          # time in [0, 1]
   gamma_t: Array    # gamma(t)
   weight: Array     # 0.5 gamma'(t) (continuous) or 0.5 T expm1(gamma_t - gamma_s) (discrete)
@@ -64,12 +64,17 @@ class DiffusionTerms(NamedTuple):
 
   @property
   def loss(self) -> Array:
+    """The diffusion term of the bound: weight * mse, [B] nats."""
     return self.weight * self.mse
 
 
 def diffusion_terms(eps_fn: EpsFn, gamma_fn: GammaFn, x: Array, t: Array, key: Array, *,
-                    T: int = 0) -> DiffusionTerms:
-  """The diffusion term's parts at times t [B] for encoded data x [B, ...]."""
+                    T: int = 0, variance_tap: bool = False) -> DiffusionTerms:
+  """The diffusion term's parts at times t [B] for encoded data x [B, ...].
+
+  With `variance_tap=True`, gamma_t and the weight pass through `_variance_tap`, and the loss
+  must then be read with `tapped_loss` for the schedule to receive the gradient of L_diff^2.
+  """
   if T > 0:
     s, t = discretise_times(t, T)
     gamma_s, gamma_t = gamma_fn(s), gamma_fn(t)
@@ -77,15 +82,129 @@ def diffusion_terms(eps_fn: EpsFn, gamma_fn: GammaFn, x: Array, t: Array, key: A
   else:
     gamma_t, dgamma_dt = jax.jvp(gamma_fn, (t,), (jnp.ones_like(t),))
     weight = 0.5 * dgamma_dt
+  carriers = None
+  if variance_tap:
+    zeros = jnp.zeros_like(gamma_t)
+    (gamma_t, weight), carriers = _variance_tap((gamma_t, weight), (zeros, zeros))
   z_t, eps = diffusion.sample_marginal(key, x, gamma_t)
   eps_hat = eps_fn(z_t, gamma_t)
   mse = sum_data_axes(jnp.square(eps - eps_hat.astype(jnp.float32)))
-  return DiffusionTerms(t=t, gamma_t=gamma_t, weight=weight, mse=mse)
+  terms = DiffusionTerms(t=t, gamma_t=gamma_t, weight=weight, mse=mse)
+  return (terms, carriers) if variance_tap else terms
+
+
+# --- Variance minimisation of the schedule -------------------------------------------------
+#
+# In continuous time E[L_diff] depends on the schedule only through its endpoints, so the
+# schedule's interior can instead minimise the estimator's variance, i.e. E[L_diff^2]
+# (paper, Sec. 5.2). Per example, grad_eta L_diff^2 = 2 L_diff grad_eta L_diff, and the schedule
+# parameters eta reach L_diff only through gamma_t and the weight. `_variance_tap` is an identity
+# on (gamma_t, weight) whose backward pass scales their cotangents by 2 L_diff, so one backward
+# pass gives the score network the bound's gradient and the schedule the variance gradient.
+# L_diff reaches the backward pass through two zero-valued carriers added to the loss:
+#   out = L + stop_gradient(L) * c_loss + c_one  ->  cotangents ct * L and ct, whose ratio is L.
+
+
+@jax.custom_vjp
+def _variance_tap(gammas, carriers):
+  return gammas, carriers
+
+
+def _variance_tap_fwd(gammas, carriers):
+  return (gammas, carriers), None
+
+
+def _variance_tap_bwd(_, cotangents):
+  ct_gammas, (ct_loss, ct_one) = cotangents
+  nonzero = ct_one != 0
+  l_diff = jnp.where(nonzero, ct_loss / jnp.where(nonzero, ct_one, 1.0), 0.0)
+  scaled = jax.tree_util.tree_map(lambda c: c * 2.0 * l_diff, ct_gammas)
+  return scaled, (jnp.zeros_like(ct_loss), jnp.zeros_like(ct_one))
+
+
+_variance_tap.defvjp(_variance_tap_fwd, _variance_tap_bwd)
+
+
+def tapped_loss(loss: Array, carriers: tuple[Array, Array]) -> Array:
+  """loss (value unchanged) wired to the carriers of `_variance_tap`."""
+  c_loss, c_one = carriers
+  return loss + jax.lax.stop_gradient(loss) * c_loss + c_one
+
+
+# --- Training weightings (for sample quality; the reported bound is always unweighted) ------
+
+WEIGHTINGS = ("elbo", "simple", "sigmoid")
+SCHEDULE_OBJECTIVES = ("elbo", "variance")
+
+
+def weighted_diffusion(terms: DiffusionTerms, weighting: str = "elbo",
+                       sigmoid_bias: float = 2.0) -> Array:
+  """The diffusion integrand under a weight w(lambda) of the log-SNR lambda = -gamma_t: [B].
+
+    elbo:    w = 1                               -> the bound's term, weight * mse
+    simple:  w = 1 / weight                      -> mse, DDPM's unweighted eps-MSE (summed over
+                                                    dimensions) with uniform t
+    sigmoid: w = sigmoid(sigmoid_bias - lambda)  -> VDM++ (Kingma & Gao, 2023)
+
+  The weight is held constant (stop_gradient) so it does not train the schedule.
+  """
+  if weighting == "elbo":
+    return terms.loss
+  if weighting == "simple":
+    return terms.mse
+  if weighting == "sigmoid":
+    w = jax.nn.sigmoid(sigmoid_bias + jax.lax.stop_gradient(terms.gamma_t))
+    return w * terms.loss
+  raise ValueError(f"Unknown weighting {weighting!r}; choose one of {WEIGHTINGS}.")
 
 
 def _check_T(T) -> None:
   if not isinstance(T, int) or isinstance(T, bool) or T < 0:
     raise ValueError(f"T must be an int >= 0 (0 = continuous time), got {T!r}.")
+
+
+def training_loss(eps_fn: EpsFn, gamma_fn: GammaFn, x_int: Array, key: Array, *,
+                  vocab_size: int = 256, T: int = 0, antithetic: bool = True,
+                  weighting: str = "elbo", sigmoid_bias: float = 2.0,
+                  schedule_objective: str = "elbo") -> tuple[Array, VDMLoss]:
+  """The per-example training objective [B] and, from the same draws, the bound `VDMLoss`.
+
+  objective = recon + prior + weighted diffusion (`weighted_diffusion`). With
+  schedule_objective="variance" the schedule's parameters receive, instead of the bound's
+  gradient of the diffusion term, the gradient of E[L_diff^2] (the variance of the estimator up to
+  a constant), while recon and prior still give the endpoints the bound's gradient; every other
+  parameter's gradient is unchanged. Arguments as `vdm_loss`.
+  """
+  if weighting not in WEIGHTINGS:
+    raise ValueError(f"Unknown weighting {weighting!r}; choose one of {WEIGHTINGS}.")
+  if schedule_objective not in SCHEDULE_OBJECTIVES:
+    raise ValueError(f"Unknown schedule_objective {schedule_objective!r}; choose one of "
+                     f"{SCHEDULE_OBJECTIVES}.")
+  if schedule_objective == "variance" and weighting != "elbo":
+    raise ValueError("schedule_objective='variance' minimises the variance of the bound's "
+                     "estimator and needs weighting='elbo'.")
+  likelihood.check_inputs(x_int, vocab_size)
+  _check_T(T)
+  batch_size = x_int.shape[0]
+  x = likelihood.encode(x_int, vocab_size)
+  key_t, key_eps, key_0 = jax.random.split(key, 3)
+
+  gamma_ends = gamma_fn(jnp.array([0.0, 1.0], jnp.float32))
+  gamma_0, gamma_1 = gamma_ends[0], gamma_ends[1]
+
+  z_0, _ = diffusion.sample_marginal(key_0, x, gamma_0)
+  recon = likelihood.recon_loss(x_int, z_0, gamma_0, vocab_size)
+  prior = jnp.broadcast_to(likelihood.prior_kl(x, gamma_1), (batch_size,))
+
+  t = sample_times(key_t, batch_size, antithetic)
+  if schedule_objective == "variance":
+    terms, carriers = diffusion_terms(eps_fn, gamma_fn, x, t, key_eps, T=T, variance_tap=True)
+    trained = tapped_loss(terms.loss, carriers)
+  else:
+    terms = diffusion_terms(eps_fn, gamma_fn, x, t, key_eps, T=T)
+    trained = weighted_diffusion(terms, weighting, sigmoid_bias)
+  bound = VDMLoss(recon=recon, prior=prior, diffusion=terms.loss)
+  return recon + prior + trained, bound
 
 
 def vdm_loss(eps_fn: EpsFn, gamma_fn: GammaFn, x_int: Array, key: Array, *,
@@ -106,20 +225,24 @@ def vdm_loss(eps_fn: EpsFn, gamma_fn: GammaFn, x_int: Array, key: Array, *,
   Returns:
     VDMLoss(recon, prior, diffusion), each [B] in nats; `.total` is their sum.
   """
+  return training_loss(eps_fn, gamma_fn, x_int, key, vocab_size=vocab_size, T=T,
+                       antithetic=antithetic)[1]
+
+
+def diffusion_loss_std(eps_fn: EpsFn, gamma_fn: GammaFn, x_int: Array, key: Array, *,
+                       num_draws: int = 64, vocab_size: int = 256, T: int = 0) -> Array:
+  """The estimator's spread: per image, the std of the one-sample diffusion-loss estimate.
+
+  For each image of x_int [B, ...], `num_draws` independent (t, eps) draws (t i.i.d. uniform, as
+  one example of a batch sees it); returns the standard deviation across draws, [B] nats.
+  """
   likelihood.check_inputs(x_int, vocab_size)
-  _check_T(T)
-  batch_size = x_int.shape[0]
   x = likelihood.encode(x_int, vocab_size)
-  key_t, key_eps, key_0 = jax.random.split(key, 3)
 
-  gamma_ends = gamma_fn(jnp.array([0.0, 1.0], jnp.float32))
-  gamma_0, gamma_1 = gamma_ends[0], gamma_ends[1]
+  def one_draw(k):
+    k_t, k_eps = jax.random.split(k)
+    t = jax.random.uniform(k_t, (x.shape[0],), jnp.float32)
+    return diffusion_terms(eps_fn, gamma_fn, x, t, k_eps, T=T).loss
 
-  z_0, _ = diffusion.sample_marginal(key_0, x, gamma_0)
-  recon = likelihood.recon_loss(x_int, z_0, gamma_0, vocab_size)
-  prior = likelihood.prior_kl(x, gamma_1)
-
-  t = sample_times(key_t, batch_size, antithetic)
-  terms = diffusion_terms(eps_fn, gamma_fn, x, t, key_eps, T=T)
-  return VDMLoss(recon=recon, prior=jnp.broadcast_to(prior, (batch_size,)),
-                 diffusion=terms.loss)
+  draws = jax.lax.map(one_draw, jax.random.split(key, num_draws))     # [num_draws, B]
+  return jnp.std(draws, axis=0, ddof=1)

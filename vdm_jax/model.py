@@ -40,6 +40,11 @@ class VDM(nn.Module):
     antithetic: low-discrepancy time sampling across the batch.
     num_classes: 0 for an unconditional model; else labels in [0, num_classes) and the null
       label `num_classes` (used when labels is None and for classifier-free guidance).
+    weighting: training weighting of the diffusion term ("elbo", "simple", "sigmoid"; see
+      `losses.weighted_diffusion`). Only `objective` uses it; `__call__` is always the bound.
+    sigmoid_bias: the bias b of the "sigmoid" weighting, w = sigmoid(b - log-SNR).
+    schedule_objective: "elbo" (the schedule minimises the bound) or "variance" (its interior
+      minimises the variance of the diffusion-loss estimator; see `losses.training_loss`).
   """
 
   network: nn.Module
@@ -51,6 +56,9 @@ class VDM(nn.Module):
   T: int = 0
   antithetic: bool = True
   num_classes: int = 0
+  weighting: str = "elbo"
+  sigmoid_bias: float = 2.0
+  schedule_objective: str = "elbo"
 
   def __post_init__(self):
     validate(self)
@@ -75,12 +83,24 @@ class VDM(nn.Module):
   def __call__(self, images: Array, labels: Array | None = None, *,
                train: bool = False) -> losses.VDMLoss:
     """The negative ELBO per example: `losses.VDMLoss` of [B] nats. Uses the 'sample' rng."""
+    return self.objective(images, labels, train=train)[1]
+
+  def objective(self, images: Array, labels: Array | None = None, *,
+                train: bool = False) -> tuple[Array, losses.VDMLoss]:
+    """(training objective [B], bound `VDMLoss` [B] nats) from the same draws.
+
+    The objective applies `weighting` and `schedule_objective`; with the defaults it equals the
+    bound's total. Uses the 'sample' rng (and 'dropout' when training).
+    """
     self.check_images(images)
     key = self.make_rng("sample")
-    # Initialise the schedule's parameters outside the jvp inside vdm_loss.
+    # Initialise the schedule's parameters outside the jvp inside the loss.
     self.gamma(jnp.zeros((1,), jnp.float32))
-    return losses.vdm_loss(lambda z, g: self.eps(z, g, labels, train=train), self.gamma, images,
-                           key, vocab_size=self.vocab_size, T=self.T, antithetic=self.antithetic)
+    return losses.training_loss(
+        lambda z, g: self.eps(z, g, labels, train=train), self.gamma, images, key,
+        vocab_size=self.vocab_size, T=self.T, antithetic=self.antithetic,
+        weighting=self.weighting, sigmoid_bias=self.sigmoid_bias,
+        schedule_objective=self.schedule_objective)
 
   def check_images(self, images: Array) -> None:
     """Raises (at trace time) if images are not integers of shape [B, *image_shape]."""
@@ -108,6 +128,14 @@ def validate(model: VDM) -> None:
     raise ValueError(f"image_shape must be (H, W, C) of positive ints, got {shape}.")
   if not isinstance(model.T, int) or model.T < 0:
     raise ValueError(f"T must be an int >= 0 (0 = continuous time), got {model.T!r}.")
+  if model.weighting not in losses.WEIGHTINGS:
+    raise ValueError(f"Unknown weighting {model.weighting!r}; choose one of {losses.WEIGHTINGS}.")
+  if model.schedule_objective not in losses.SCHEDULE_OBJECTIVES:
+    raise ValueError(f"Unknown schedule_objective {model.schedule_objective!r}; choose one of "
+                     f"{losses.SCHEDULE_OBJECTIVES}.")
+  if model.schedule_objective == "variance" and model.weighting != "elbo":
+    raise ValueError("schedule_objective='variance' needs weighting='elbo' (it minimises the "
+                     "variance of the bound's estimator).")
   net_classes = getattr(model.network, "num_classes", model.num_classes)
   if net_classes != model.num_classes:
     raise ValueError(f"the model has num_classes={model.num_classes} but its network has "
@@ -116,7 +144,8 @@ def validate(model: VDM) -> None:
 
 def from_config(model_config: Mapping[str, Any]) -> VDM:
   """Builds a VDM from `config.model` (keys: network, <network>: dict of attributes, image_shape,
-  vocab_size, schedule, gamma_min, gamma_max, T, antithetic, num_classes, dtype)."""
+  vocab_size, schedule, gamma_min, gamma_max, T, antithetic, num_classes, dtype, weighting,
+  sigmoid_bias, schedule_objective)."""
   cfg = dict(model_config)
   name = cfg.get("network", "unet")
   if name not in NETWORKS:
@@ -136,6 +165,9 @@ def from_config(model_config: Mapping[str, Any]) -> VDM:
       T=cfg.get("T", 0),
       antithetic=cfg.get("antithetic", True),
       num_classes=cfg.get("num_classes", 0),
+      weighting=cfg.get("weighting", "elbo"),
+      sigmoid_bias=float(cfg.get("sigmoid_bias", 2.0)),
+      schedule_objective=cfg.get("schedule_objective", "elbo"),
   )
 
 
