@@ -1,0 +1,117 @@
+"""The VDM module: configuration, validation, the loss through a real network, bf16, labels."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from vdm_jax import losses, model as vdm_model, nets
+
+TINY_UNET = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.1)
+RNGS = {"sample": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2)}
+
+
+def _config(**overrides):
+  cfg = dict(network="unet", unet=TINY_UNET, image_shape=(8, 8, 1), vocab_size=256,
+             schedule="learned_linear", gamma_min=-13.3, gamma_max=5.0)
+  cfg.update(overrides)
+  return cfg
+
+
+def _perturbed(variables, scale=0.05, seed=0):
+  """Makes zero-initialised layers non-zero so outputs depend on every parameter."""
+  leaves, treedef = jax.tree_util.tree_flatten(variables)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  return jax.tree_util.tree_unflatten(
+      treedef, [l + scale * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+
+
+def test_loss_through_unet_is_finite_per_example_and_matches_objective():
+  m = vdm_model.from_config(_config())
+  variables = vdm_model.init(m, jax.random.PRNGKey(0))
+  x = jax.random.randint(jax.random.PRNGKey(3), (4, 8, 8, 1), 0, 256).astype(jnp.uint8)
+  loss = m.apply(variables, x, train=True, rngs=RNGS)
+  for term in loss:
+    assert term.shape == (4,) and np.all(np.isfinite(term))
+  obj, bound = m.apply(variables, x, train=True, rngs=RNGS, method=m.objective)
+  np.testing.assert_array_equal(obj, bound.total)
+  np.testing.assert_array_equal(bound.total, loss.total)
+
+
+def test_zero_initialised_unet_gives_closed_form_loss():
+  """At init the UNet outputs eps_hat = 0 exactly, so E[L_diff] = 0.5 D (gamma_max - gamma_min)."""
+  m = vdm_model.from_config(_config(schedule="fixed_linear"))
+  variables = vdm_model.init(m, jax.random.PRNGKey(0))
+  z = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 1))
+  np.testing.assert_array_equal(m.apply(variables, z, jnp.zeros(3), method=m.eps), 0.0)
+  x = jnp.zeros((256, 8, 8, 1), jnp.uint8)
+  loss = m.apply(variables, x, rngs=RNGS)
+  expected, se = 0.5 * 64 * 18.3, float(loss.diffusion.std()) / 16
+  assert abs(float(loss.diffusion.mean()) - expected) < 4 * se
+
+
+def test_class_labels_change_the_output_and_null_label_is_accepted():
+  m = vdm_model.from_config(_config(num_classes=3))
+  variables = _perturbed(vdm_model.init(m, jax.random.PRNGKey(0)))
+  z = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
+  g = jnp.array([-2.0, 1.0])
+  out = [m.apply(variables, z, g, jnp.array([c, c]), method=m.eps) for c in range(3)]
+  out_null = m.apply(variables, z, g, None, method=m.eps)
+  np.testing.assert_array_equal(out_null, m.apply(variables, z, g, jnp.array([3, 3]),
+                                                  method=m.eps))
+  for a, b in [(out[0], out[1]), (out[1], out[2]), (out[0], out_null)]:
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-4
+
+
+def test_bf16_compute_close_to_float32():
+  x = jax.random.randint(jax.random.PRNGKey(3), (8, 8, 8, 1), 0, 256)
+  m32 = vdm_model.from_config(_config())
+  m16 = vdm_model.from_config(_config(dtype="bfloat16"))
+  variables = _perturbed(vdm_model.init(m32, jax.random.PRNGKey(0)))
+  l32 = m32.apply(variables, x, rngs=RNGS)
+  l16 = m16.apply(variables, x, rngs=RNGS)
+  # The loss math is float32 in both; only the network runs in bf16 (8 mantissa bits).
+  np.testing.assert_allclose(l16.recon, l32.recon, rtol=1e-6)
+  np.testing.assert_allclose(l16.prior, l32.prior, rtol=1e-6)
+  rel = float(jnp.abs(l16.total.mean() - l32.total.mean()) / l32.total.mean())
+  assert rel < 2e-2, rel
+
+
+def test_paper_cifar10_network_by_config_alone():
+  cfg = ml_collections.ConfigDict(dict(
+      network="vdm_unet", image_shape=(32, 32, 3), schedule="learned_linear",
+      gamma_min=-13.3, gamma_max=5.0,
+      vdm_unet=dict(n_embd=128, n_layer=32, with_fourier_features=True, dropout=0.1)))
+  m = vdm_model.from_config(cfg)
+  shapes = jax.eval_shape(lambda k: vdm_model.init(m, k), jax.random.PRNGKey(0))
+  n = vdm_model.param_count(shapes)
+  # 32 down + 33 up residual blocks of 128 channels: ~32M parameters (the paper's model).
+  assert 30e6 < n < 34e6, n
+  assert shapes["params"]["network"]["down"]["block"]["conv1"]["kernel"].shape[0] == 32
+
+
+@pytest.mark.parametrize("overrides,error,match", [
+    (dict(gamma_min=5.0, gamma_max=-13.3), ValueError, "gamma_min .* must be < gamma_max"),
+    (dict(schedule="quadratic"), ValueError, "Unknown schedule 'quadratic'"),
+    (dict(network="resnet"), ValueError, "Unknown network 'resnet'"),
+    (dict(image_shape=(8, 8)), ValueError, "image_shape must be \\(H, W, C\\)"),
+    (dict(vocab_size=1), ValueError, "vocab_size must be an int >= 2"),
+    (dict(T=-3), ValueError, "T must be an int >= 0"),
+    (dict(weighting="l2"), ValueError, "Unknown weighting 'l2'"),
+    (dict(weighting="sigmoid", schedule_objective="variance"), ValueError,
+     "needs weighting='elbo'"),
+])
+def test_config_errors(overrides, error, match):
+  with pytest.raises(error, match=match):
+    vdm_model.from_config(_config(**overrides))
+
+
+def test_input_errors_say_what_to_change():
+  m = vdm_model.from_config(_config())
+  variables = vdm_model.init(m, jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="set config.model.image_shape to \\(28, 28, 1\\)"):
+    m.apply(variables, jnp.zeros((2, 28, 28, 1), jnp.uint8), rngs=RNGS)
+  with pytest.raises(TypeError, match="images must be integers"):
+    m.apply(variables, jnp.zeros((2, 8, 8, 1), jnp.float32), rngs=RNGS)
+  with pytest.raises(ValueError, match="num_classes=2 but its network has num_classes=0"):
+    vdm_model.VDM(network=nets.UNet(**TINY_UNET), image_shape=(8, 8, 1), num_classes=2)
