@@ -115,3 +115,25 @@ def test_input_errors_say_what_to_change():
     m.apply(variables, jnp.zeros((2, 8, 8, 1), jnp.float32), rngs=RNGS)
   with pytest.raises(ValueError, match="num_classes=2 but its network has num_classes=0"):
     vdm_model.VDM(network=nets.UNet(**TINY_UNET), image_shape=(8, 8, 1), num_classes=2)
+
+
+def test_label_dropout_replaces_labels_with_null_only_when_training():
+  m = vdm_model.from_config(_config(num_classes=3, label_dropout=0.5))
+  variables = _perturbed(vdm_model.init(m, jax.random.PRNGKey(0)))
+  x = jax.random.randint(jax.random.PRNGKey(3), (64, 8, 8, 1), 0, 256)
+  labels = jnp.zeros((64,), jnp.int32)
+  m_nodrop = m.clone(label_dropout=0.0)
+  # Not training: labels are used as given.
+  np.testing.assert_array_equal(m.apply(variables, x, labels, rngs=RNGS).total,
+                                m_nodrop.apply(variables, x, labels, rngs=RNGS).total)
+  # Training: each example matches either a null-label pass or a given-label pass, about half each.
+  m_det = m.clone(network=m.network.clone(dropout=0.0))
+  got = m_det.apply(variables, x, labels, train=True, rngs=RNGS).total
+  as_null = m_det.clone(label_dropout=0.0).apply(variables, x, jnp.full((64,), 3), train=True,
+                                                  rngs=RNGS).total
+  as_given = m_det.clone(label_dropout=0.0).apply(variables, x, labels, train=True,
+                                                   rngs=RNGS).total
+  is_null = np.isclose(got, as_null, rtol=1e-6)
+  is_given = np.isclose(got, as_given, rtol=1e-6)
+  assert np.all(is_null ^ is_given)
+  assert 16 < int(is_null.sum()) < 48

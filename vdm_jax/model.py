@@ -40,6 +40,9 @@ class VDM(nn.Module):
     antithetic: low-discrepancy time sampling across the batch.
     num_classes: 0 for an unconditional model; else labels in [0, num_classes) and the null
       label `num_classes` (used when labels is None and for classifier-free guidance).
+    label_dropout: when training a class-conditional model, the probability of replacing a label
+      by the null label, so one network learns both the conditional and the unconditional model
+      (classifier-free guidance needs both; 0.1 to 0.2 is usual).
     weighting: training weighting of the diffusion term ("elbo", "simple", "sigmoid"; see
       `losses.weighted_diffusion`). Only `objective` uses it; `__call__` is always the bound.
     sigmoid_bias: the bias b of the "sigmoid" weighting, w = sigmoid(b - log-SNR).
@@ -56,6 +59,7 @@ class VDM(nn.Module):
   T: int = 0
   antithetic: bool = True
   num_classes: int = 0
+  label_dropout: float = 0.0
   weighting: str = "elbo"
   sigmoid_bias: float = 2.0
   schedule_objective: str = "elbo"
@@ -94,6 +98,9 @@ class VDM(nn.Module):
     """
     self.check_images(images)
     key = self.make_rng("sample")
+    if train and self.num_classes and self.label_dropout > 0 and labels is not None:
+      drop = jax.random.bernoulli(self.make_rng("dropout"), self.label_dropout, labels.shape)
+      labels = jnp.where(drop, self.num_classes, labels)
     # Initialise the schedule's parameters outside the jvp inside the loss.
     self.gamma(jnp.zeros((1,), jnp.float32))
     return losses.training_loss(
@@ -128,6 +135,8 @@ def validate(model: VDM) -> None:
     raise ValueError(f"image_shape must be (H, W, C) of positive ints, got {shape}.")
   if not isinstance(model.T, int) or model.T < 0:
     raise ValueError(f"T must be an int >= 0 (0 = continuous time), got {model.T!r}.")
+  if not 0.0 <= model.label_dropout < 1.0:
+    raise ValueError(f"label_dropout must be in [0, 1), got {model.label_dropout}.")
   if model.weighting not in losses.WEIGHTINGS:
     raise ValueError(f"Unknown weighting {model.weighting!r}; choose one of {losses.WEIGHTINGS}.")
   if model.schedule_objective not in losses.SCHEDULE_OBJECTIVES:
@@ -144,7 +153,7 @@ def validate(model: VDM) -> None:
 
 def from_config(model_config: Mapping[str, Any]) -> VDM:
   """Builds a VDM from `config.model` (keys: network, <network>: dict of attributes, image_shape,
-  vocab_size, schedule, gamma_min, gamma_max, T, antithetic, num_classes, dtype, weighting,
+  vocab_size, schedule, gamma_min, gamma_max, T, antithetic, num_classes, label_dropout, dtype, weighting,
   sigmoid_bias, schedule_objective)."""
   cfg = dict(model_config)
   name = cfg.get("network", "unet")
@@ -165,6 +174,7 @@ def from_config(model_config: Mapping[str, Any]) -> VDM:
       T=cfg.get("T", 0),
       antithetic=cfg.get("antithetic", True),
       num_classes=cfg.get("num_classes", 0),
+      label_dropout=float(cfg.get("label_dropout", 0.0)),
       weighting=cfg.get("weighting", "elbo"),
       sigmoid_bias=float(cfg.get("sigmoid_bias", 2.0)),
       schedule_objective=cfg.get("schedule_objective", "elbo"),
