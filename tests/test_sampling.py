@@ -1,0 +1,347 @@
+"""The reverse chain against the closed-form model: data = three fixed images.
+
+Data: three 2x2x1 images with 16 levels and probabilities (0.5, 0.3, 0.2); the denoiser is the
+exact posterior mean (`analytic.point_mass_eps_fn`), the schedule FixedLinear(-13.3, 5). Then the
+chain must return exactly those images, at the right frequencies (ancestral), and the extras
+(DDIM, guidance, inpainting, trajectories) have exact statements too.
+
+Measured with 2000 samples, T = 200 (RBG key 0): ancestral frequencies (0.5065, 0.2975, 0.196)
+and DDIM eta=0 (0.5175, 0.29, 0.1925) against (0.5, 0.3, 0.2); the 4-sigma binomial bounds are
+(0.045, 0.041, 0.036). Every sample equals one of the three images exactly.
+"""
+import functools
+from typing import Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vdm_jax import analytic, diffusion, likelihood, losses, sampling, schedules
+from vdm_jax import model as vdm_model
+from vdm_jax import nets
+
+V = 16
+SHAPE = (2, 2, 1)
+POINTS_INT = jnp.array([[0, 3, 7, 12], [15, 15, 0, 0], [5, 10, 5, 10]],
+                       jnp.int32).reshape(3, *SHAPE)
+PROBS = np.array([0.5, 0.3, 0.2])
+POINTS = likelihood.encode(POINTS_INT, V)
+LOG_PROBS = jnp.log(jnp.asarray(PROBS, jnp.float32))
+EPS_FN = analytic.point_mass_eps_fn(POINTS, LOG_PROBS)
+SCHEDULE = schedules.FixedLinear(-13.3, 5.0)
+
+
+def rkey(i):
+  """RBG keys: much cheaper to compile on CPU than threefry inside the sampling scan."""
+  return jax.random.key(i, impl="rbg")
+
+
+def gamma_fn(t):
+  return SCHEDULE.apply({}, t)
+
+
+def which_point(x, points_int=POINTS_INT):
+  """Index of the data image each sample equals exactly, -1 if none: [B]."""
+  x = np.asarray(x).reshape(x.shape[0], 1, -1)
+  eq = (x == np.asarray(points_int).reshape(1, points_int.shape[0], -1)).all(-1)
+  return np.where(eq.any(1), eq.argmax(1), -1)
+
+
+def jit_sample(eps_fn=EPS_FN, **static):
+  static.setdefault("vocab_size", V)
+  return jax.jit(functools.partial(sampling.sample, eps_fn, gamma_fn, **static))
+
+
+def test_ancestral_samples_are_data_images_with_the_data_frequencies():
+  n = 2000
+  x = jit_sample(shape=(n, *SHAPE), T=200)(rkey(0))
+  assert x.shape == (n, *SHAPE) and x.dtype == jnp.int32
+  idx = which_point(x)
+  assert np.all(idx >= 0)
+  freq = np.bincount(idx, minlength=3) / n
+  bound = 4 * np.sqrt(PROBS * (1 - PROBS) / n)
+  assert np.all(np.abs(freq - PROBS) < bound), (freq, PROBS, bound)
+
+
+def test_ddim_eta0_deterministic_and_lands_on_data():
+  n = 500
+  f = jit_sample(shape=(n, *SHAPE), T=100, sampler="ddim")     # eta defaults to 0 for ddim
+  x1, x2 = f(rkey(1)), f(rkey(1))
+  np.testing.assert_array_equal(x1, x2)
+  assert np.all(which_point(x1) >= 0)
+  assert len(set(which_point(x1))) == 3
+  # Explicit eta=0 is the default; any eta > 0 draws noise and changes the result.
+  key = rkey(1)
+  ddim = sampling.sample(EPS_FN, gamma_fn, key, (n, *SHAPE), T=100, vocab_size=V,
+                         sampler="ddim", eta=0.0)
+  np.testing.assert_array_equal(ddim, x1)
+  with_noise = sampling.sample(EPS_FN, gamma_fn, key, (n, *SHAPE), T=100, vocab_size=V,
+                               sampler="ddim", eta=0.5)
+  assert not np.array_equal(with_noise, x1)
+
+
+def test_ddim_eta0_depends_only_on_initial_noise():
+  """The deterministic chain as a function of z_1: re-running it by hand gives the same images."""
+  n, T = 64, 20
+  key = rkey(3)
+  x = sampling.sample(EPS_FN, gamma_fn, key, (n, *SHAPE), T=T, vocab_size=V, sampler="ddim")
+  z = jax.random.normal(jax.random.split(key, 4)[0], (n, *SHAPE))
+  for i in range(T, 0, -1):
+    gt, gs = gamma_fn(jnp.full((n,), i / T)), gamma_fn(jnp.full((n,), (i - 1) / T))
+    z = diffusion.reverse_step(None, z, EPS_FN(z, gt), gs, gt, eta=0.0)
+  g0 = gamma_fn(jnp.zeros((n,)))
+  manual = jnp.argmax(likelihood.decoder_logits(z, g0, V), axis=-1)
+  np.testing.assert_array_equal(x, manual)
+
+
+def test_decode_sample_and_argmax_agree_with_decoder_logits():
+  n = 300
+  a = jit_sample(shape=(n, *SHAPE), T=50, decode="sample")(rkey(2))
+  assert np.all(which_point(a) >= 0)
+  # argmax decoding (nearest bin centre of z_0 / alpha_0) == argmax of the decoder logits,
+  # also for a blunt decoder (gamma_0 = 2) and off-grid z_0.
+  z0 = 1.5 * jax.random.normal(rkey(0), (4096,))
+  for g0 in (-13.3, 2.0):
+    from_logits = jnp.argmax(likelihood.decoder_logits(z0, jnp.float32(g0), 256), -1)
+    nearest = likelihood.decode(z0 / schedules.alpha(jnp.float32(g0)), 256)
+    np.testing.assert_array_equal(from_logits, nearest)
+
+
+# ------------------------------------------------------------------------------------------
+# Classifier-free guidance: class c owns image c; the null label (3) is the mixture.
+
+NUM_CLASSES = 3
+CLASS_LOG_PROBS = jnp.concatenate([jnp.where(jnp.eye(3, dtype=bool), 0.0, -jnp.inf),
+                                   LOG_PROBS[None]], axis=0)      # [num_classes + 1, K]
+
+
+def cond_eps(z, gamma_t, labels):
+  """Optimal eps for data = image `label` (or the mixture for the null label)."""
+  g = jnp.broadcast_to(jnp.asarray(gamma_t, jnp.float32), (z.shape[0],))
+  a = schedules.alpha(g).reshape(-1, 1, 1, 1, 1)
+  sq = jnp.sum(jnp.square(z[:, None] - a * POINTS[None]), axis=(2, 3, 4))        # [B, K]
+  w = jax.nn.softmax(CLASS_LOG_PROBS[labels] - 0.5 * sq / schedules.sigma_sq(g)[:, None], -1)
+  x_mean = jnp.tensordot(w, POINTS, axes=1)
+  ge = diffusion.expand_to(g, z)
+  return (z - schedules.alpha(ge) * x_mean) / schedules.sigma(ge)
+
+
+def test_guidance_weight_zero_is_the_conditional_model_and_w_positive_hits_the_class():
+  n, T = 90, 100
+  labels = jnp.arange(n) % 3
+  key = rkey(4)
+  cond = sampling.sample(lambda z, g: cond_eps(z, g, labels), gamma_fn, key, (n, *SHAPE), T=T,
+                         vocab_size=V)
+  np.testing.assert_array_equal(which_point(cond), labels)
+  w0 = sampling.sample(sampling.guided_eps_fn(cond_eps, labels, NUM_CLASSES, 0.0), gamma_fn,
+                       key, (n, *SHAPE), T=T, vocab_size=V)
+  np.testing.assert_array_equal(w0, cond)
+  # A traced weight evaluates both branches; at w = 0 the arithmetic is exact here too.
+  traced = jax.jit(lambda w, k: sampling.sample(
+      sampling.guided_eps_fn(cond_eps, labels, NUM_CLASSES, w), gamma_fn, k, (n, *SHAPE), T=T,
+      vocab_size=V))
+  np.testing.assert_array_equal(traced(jnp.float32(0.0), key), cond)
+  for w in (1.0, 4.0):
+    guided = traced(jnp.float32(w), key)
+    np.testing.assert_array_equal(which_point(guided), labels)
+  with pytest.raises(ValueError, match=">= 0"):
+    sampling.guided_eps_fn(cond_eps, labels, NUM_CLASSES, -1.0)
+
+
+def test_guided_eps_fn_formula():
+  z = jax.random.normal(rkey(0), (6, *SHAPE))
+  g = jnp.full((6,), 0.5)
+  labels = jnp.array([0, 1, 2, 0, 1, 2])
+  w = 2.5
+  expected = (1 + w) * cond_eps(z, g, labels) - w * cond_eps(z, g, jnp.full((6,), 3))
+  np.testing.assert_allclose(sampling.guided_eps_fn(cond_eps, labels, 3, w)(z, g), expected,
+                             rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------
+# Inpainting. The known top row identifies the image, and it separates the images more than the
+# unknown bottom row does. (Replacement conditioning is an approximation of p(x_unknown | x_known):
+# with only the top-left pixel of the images above known, about a quarter of the unknown rows
+# commit to another image at high noise before the known pixel is informative.)
+
+INPAINT_INT = jnp.array([[0, 0, 8, 8], [15, 15, 6, 10], [0, 15, 10, 6]],
+                        jnp.int32).reshape(3, *SHAPE)
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+def test_inpainting_keeps_known_pixels_and_completes_consistently(sampler):
+  n = 300
+  eps_fn = analytic.point_mass_eps_fn(likelihood.encode(INPAINT_INT, V), LOG_PROBS)
+  target = np.arange(n) % 3
+  known = INPAINT_INT[target]
+  mask = jnp.zeros((1, *SHAPE), bool).at[0, 0, :, 0].set(True)    # top row known
+  # Unknown pixels of `known` are garbage: only the known region may be used.
+  known = jnp.where(mask, known, 3)
+  x = sampling.sample(eps_fn, gamma_fn, rkey(5), (n, *SHAPE), T=100, vocab_size=V,
+                      sampler=sampler, known=known, known_mask=mask)
+  np.testing.assert_array_equal(np.asarray(x)[:, 0], np.asarray(known)[:, 0])
+  np.testing.assert_array_equal(which_point(x, INPAINT_INT), target)
+
+
+def test_inpainting_everything_known_returns_known():
+  known = jnp.array(np.random.default_rng(0).integers(0, V, (5, *SHAPE)), jnp.int32)
+  x = sampling.sample(EPS_FN, gamma_fn, rkey(0), known.shape, T=3, vocab_size=V,
+                      known=known, known_mask=jnp.ones((), bool))
+  np.testing.assert_array_equal(x, known)
+
+
+# ------------------------------------------------------------------------------------------
+# Trajectories.
+
+
+def test_trajectory_shapes_and_final_prediction():
+  n, T = 16, 100
+  key = rkey(6)
+  plain = sampling.sample(EPS_FN, gamma_fn, key, (n, *SHAPE), T=T, vocab_size=V)
+  x, traj = sampling.sample(EPS_FN, gamma_fn, key, (n, *SHAPE), T=T, vocab_size=V,
+                            trajectory_steps=5)
+  np.testing.assert_array_equal(x, plain)           # recording does not change the chain
+  assert isinstance(traj, sampling.Trajectory)
+  np.testing.assert_allclose(traj.t, [1.0, 0.75, 0.5, 0.26, 0.01], rtol=1e-6)
+  assert traj.z.shape == (5, n, *SHAPE) and traj.x_hat.shape == (5, n, *SHAPE)
+  # At t = 1/T the prediction is the (encoded) image the chain ends on.
+  np.testing.assert_allclose(traj.x_hat[-1], likelihood.encode(x, V), atol=1e-4)
+  # At t = 1, z is the initial noise N(0, I) and x_hat the exact posterior mean E[x | z_1].
+  z1 = jax.random.normal(jax.random.split(key, 4)[0], (n, *SHAPE))
+  np.testing.assert_array_equal(traj.z[0], z1)
+  post = analytic.point_mass_posterior(POINTS, LOG_PROBS, z1, gamma_fn(jnp.float32(1.0)))
+  np.testing.assert_allclose(traj.x_hat[0], jnp.tensordot(post, POINTS, axes=1), atol=1e-5)
+  # Explicit step indices, any order: recorded in chain order, same values.
+  x2, traj2 = sampling.sample(EPS_FN, gamma_fn, key, (n, *SHAPE), T=T, vocab_size=V,
+                              trajectory_steps=(1, 100, 50))
+  np.testing.assert_array_equal(x2, plain)
+  np.testing.assert_allclose(traj2.t, [1.0, 0.5, 0.01], rtol=1e-6)
+  np.testing.assert_array_equal(traj2.z[np.array([0, 2])], traj.z[np.array([0, 4])])
+  np.testing.assert_array_equal(traj2.x_hat[1], traj.x_hat[2])
+
+
+# ------------------------------------------------------------------------------------------
+# Argument checks.
+
+
+def test_argument_validation():
+  key = rkey(0)
+  shape = (2, *SHAPE)
+
+  def call(**kw):
+    args = dict(T=4, vocab_size=V)
+    args.update(kw)
+    return sampling.sample(EPS_FN, gamma_fn, key, args.pop("shape", shape), **args)
+
+  with pytest.raises(ValueError, match="T must be"):
+    call(T=0)
+  with pytest.raises(ValueError, match="T must be"):
+    call(T=2.0)
+  with pytest.raises(ValueError, match="Unknown sampler"):
+    call(sampler="euler")
+  with pytest.raises(ValueError, match="ancestral"):
+    call(eta=0.5)
+  with pytest.raises(ValueError, match=r"eta in \[0, 1\]"):
+    call(sampler="ddim", eta=1.5)
+  with pytest.raises(ValueError, match="Unknown decode"):
+    call(decode="mean")
+  with pytest.raises(ValueError, match="rank >= 2"):
+    call(shape=(4,))
+  with pytest.raises(ValueError, match="trajectory_steps"):
+    call(trajectory_steps=(0,))
+  with pytest.raises(ValueError, match="trajectory_steps"):
+    call(trajectory_steps=9)
+  known = jnp.zeros(shape, jnp.int32)
+  with pytest.raises(ValueError, match="both"):
+    call(known=known)
+  with pytest.raises(ValueError, match="sample shape"):
+    call(known=known[:1], known_mask=jnp.ones((), bool))
+  with pytest.raises(ValueError, match="does not broadcast"):
+    call(known=known, known_mask=jnp.ones((3,), bool))
+  with pytest.raises(TypeError, match="bool"):
+    call(known=known, known_mask=jnp.ones(shape, jnp.int32))
+  with pytest.raises(ValueError, match=r"\[0, 16\)"):
+    call(known=known + 16, known_mask=jnp.ones(shape, bool))
+  # eta = 1 is accepted for both samplers and ddim(eta=1) is the ancestral chain.
+  np.testing.assert_array_equal(call(eta=1.0), call(sampler="ddim", eta=1.0))
+
+
+# ------------------------------------------------------------------------------------------
+# Model-level sampling.
+
+
+class PointMassClassVDM(nn.Module):
+  """The VDM sampling interface with the closed-form class-conditional denoiser above."""
+  image_shape: Tuple[int, ...] = SHAPE
+  vocab_size: int = V
+  num_classes: int = NUM_CLASSES
+
+  def gamma(self, t):
+    return gamma_fn(t)
+
+  def eps(self, z, gamma_t, labels=None, *, train=False):
+    if labels is None:
+      labels = jnp.full((z.shape[0],), self.num_classes, jnp.int32)
+    return cond_eps(z, gamma_t, labels)
+
+  def __call__(self, images, labels=None, *, train=False):
+    return losses.vdm_loss(lambda z, g: self.eps(z, g, labels), self.gamma, images,
+                           self.make_rng("sample"), vocab_size=self.vocab_size)
+
+
+def test_sample_model_closed_form_conditional_unconditional_guided():
+  model = PointMassClassVDM()
+  n, T = 60, 100
+  key = rkey(8)
+  labels = jnp.arange(n) % 3
+  x = sampling.sample_model(model, {}, key, n, T=T, labels=labels)
+  assert x.shape == (n, *SHAPE) and x.dtype == jnp.int32
+  np.testing.assert_array_equal(which_point(x), labels)
+  direct = sampling.sample(lambda z, g: cond_eps(z, g, labels), gamma_fn, key, (n, *SHAPE), T=T,
+                           vocab_size=V)
+  np.testing.assert_array_equal(x, direct)
+  guided = sampling.sample_model(model, {}, key, n, T=T, labels=labels, guidance_weight=2.0)
+  np.testing.assert_array_equal(which_point(guided), labels)
+  uncond = sampling.sample_model(model, {}, key, 600, T=T)       # null label: the mixture
+  idx = which_point(uncond)
+  assert np.all(idx >= 0) and len(set(idx)) == 3
+  with pytest.raises(ValueError, match="needs labels"):
+    sampling.sample_model(model, {}, key, n, T=T, guidance_weight=1.0)
+  with pytest.raises(ValueError, match="labels must be"):
+    sampling.sample_model(model, {}, key, n, T=T, labels=labels[:3])
+
+
+def test_sample_model_tiny_vdm_compiles_once():
+  net = nets.UNet(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
+  model = vdm_model.VDM(network=net, image_shape=(4, 4, 1), vocab_size=256)
+  variables = jax.jit(lambda k: vdm_model.init(model, k))(rkey(0))
+  traces = []
+  real_sample = sampling.sample
+
+  def counting_sample(*args, **kwargs):     # runs only when _sample_model_jit traces
+    traces.append(kwargs["T"])
+    return real_sample(*args, **kwargs)
+
+  sampling.sample = counting_sample
+  try:
+    kw = dict(T=8, sampler="ddim", trajectory_steps=2)
+    x, traj = sampling.sample_model(model, variables, rkey(1), 3, **kw)
+    size = sampling._sample_model_jit._cache_size()
+    x2, _ = sampling.sample_model(model, variables, rkey(2), 3, **kw)
+    # A fresh but equal model and new parameter values reuse the compiled chain too.
+    same = vdm_model.VDM(network=net, image_shape=(4, 4, 1), vocab_size=256)
+    variables2 = jax.tree_util.tree_map(lambda a: a + 0.01, variables)
+    sampling.sample_model(same, variables2, rkey(3), 3, **kw)
+  finally:
+    sampling.sample = real_sample
+  assert traces == [8]
+  assert sampling._sample_model_jit._cache_size() == size
+  assert x.shape == (3, 4, 4, 1) and x.dtype == jnp.int32
+  assert np.all((np.asarray(x) >= 0) & (np.asarray(x) < 256))
+  assert traj.z.shape == (2, 3, 4, 4, 1) and np.all(np.isfinite(traj.x_hat))
+  assert not np.array_equal(x, x2)
+  with pytest.raises(ValueError, match="unconditional"):
+    sampling.sample_model(model, variables, rkey(1), 3, T=8,
+                          labels=jnp.zeros((3,), jnp.int32))

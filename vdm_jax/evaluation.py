@@ -1,0 +1,217 @@
+"""Evaluation: the negative ELBO in bits per dimension over a test set, with its standard error.
+
+    per-image bpd = (recon + prior + diffusion) / (H W C ln 2),
+
+each term estimated with K = `num_time_samples` independent draws of (t, eps, z_0 noise) per
+image and averaged. The reported `bpd` is the mean over the real images of the set, `bpd_se` the
+standard error of that mean (sample standard deviation of the per-image bpd / sqrt(N)); it covers
+both the spread of the data and the Monte-Carlo noise of the estimator, since each image gets its
+own independent draws.
+
+Works with `model.VDM` or any linen module with the same interface: attributes `T`,
+`vocab_size`, `num_classes` (0 = unconditional), `__call__(images, labels, train=...)` ->
+`losses.VDMLoss` using the 'sample' rng, `eps(z, gamma_t, labels)` and `gamma(t)`; the module
+must be hashable (linen modules are) since it is a static argument of the compiled function.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vdm_jax import likelihood, losses
+
+Array = jax.Array
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+  return int(value)
+
+
+def _with_T(model, T):
+  """The model itself for T=None (or its own T), else `model.clone(T=T)`."""
+  if T is None:
+    return model
+  T = _check_int("T", T, 0)
+  return model if T == model.T else model.clone(T=T)
+
+
+def _labels_for(model, labels):
+  return labels if getattr(model, "num_classes", 0) else None
+
+
+def per_example_loss(model, variables: Any, images: Array, labels: Array | None, key: Array, *,
+                     T: int | None = None, num_time_samples: int = 1) -> losses.VDMLoss:
+  """The negative ELBO per image, each term averaged over K independent draws.
+
+  Args:
+    model: a `model.VDM` (or compatible module).
+    variables: its variables.
+    images: integer images [B, H, W, C] in [0, vocab_size).
+    labels: int [B] for a class-conditional model (ignored when num_classes == 0); None means the
+      null label.
+    key: PRNG key; split into K keys, one per draw (times, diffusion noise, z_0 noise).
+    T: None for the model's own T; 0 for continuous time; else the number of discrete steps.
+    num_time_samples: K >= 1, the number of independent draws (vmapped: memory grows with K).
+
+  Returns:
+    `losses.VDMLoss` with recon, prior, diffusion each [B] nats (means over the K draws).
+  """
+  num_time_samples = _check_int("num_time_samples", num_time_samples, 1)
+  model = _with_T(model, T)
+  labels = _labels_for(model, labels)
+
+  def one(k):
+    return model.apply(variables, images, labels, train=False, rngs={"sample": k})
+
+  draws = jax.vmap(one)(jax.random.split(key, num_time_samples))
+  return jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), draws)
+
+
+def diffusion_bin_terms(model, variables: Any, images: Array, labels: Array | None, key: Array,
+                        num_bins: int) -> Array:
+  """Diffusion integrand at one stratified time per t-bin per image: [B, num_bins] nats.
+
+  Bin j is [j / n, (j + 1) / n); image b gets t_bj = (j + u_bj) / n with u_bj ~ U(0, 1), and the
+  value is the diffusion term's integrand weight(t) * ||eps - eps_hat||^2 at that time
+  (`losses.diffusion_terms`, in the model's continuous or discrete time). Its mean over images,
+  divided by n, estimates E[L_diff; t in bin j] = (1/n) E[L_diff | t in bin j]; the n bins sum to
+  the diffusion term. Bins are evaluated one after another (`lax.map`): memory of one pass.
+  """
+  labels = _labels_for(model, labels)
+  x = likelihood.encode(images, model.vocab_size)
+  batch = images.shape[0]
+
+  def eps_fn(z, g):
+    return model.apply(variables, z, g, labels, method=model.eps)
+
+  def gamma_fn(t):
+    return model.apply(variables, t, method=model.gamma)
+
+  key_u, key_eps = jax.random.split(key)
+  u = jax.random.uniform(key_u, (num_bins, batch), jnp.float32)
+  t = (jnp.arange(num_bins, dtype=jnp.float32)[:, None] + u) / num_bins
+
+  def one_bin(args):
+    t_j, k_j = args
+    return losses.diffusion_terms(eps_fn, gamma_fn, x, t_j, k_j, T=model.T).loss
+
+  values = jax.lax.map(one_bin, (t, jax.random.split(key_eps, num_bins)))   # [n, B]
+  return values.T
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_time_samples", "diffusion_t_bins"))
+def _eval_batch(variables, images, labels, key, *, model, num_time_samples, diffusion_t_bins):
+  key_loss, key_bins = jax.random.split(key)
+  loss = per_example_loss(model, variables, images, labels, key_loss,
+                          num_time_samples=num_time_samples)
+  out = {"recon": loss.recon, "prior": loss.prior, "diffusion": loss.diffusion}
+  if diffusion_t_bins:
+    out["bins"] = diffusion_bin_terms(model, variables, images, labels, key_bins,
+                                      diffusion_t_bins)
+  return out
+
+
+def evaluate(model, variables: Any, batches: Iterable[Mapping[str, Any]], key: Array, *,
+             T: int | None = None, num_time_samples: int = 1, diffusion_t_bins: int = 0,
+             put_batch: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+             ) -> dict[str, Any]:
+  """Negative ELBO in bits per dimension over a one-pass set of batches.
+
+  Args:
+    model: a `model.VDM` (or compatible module); `variables` its variables (e.g. EMA params).
+    batches: iterable of dicts 'image' integer [B, H, W, C], 'label' int32 [B] (used by
+      class-conditional models), 'mask' bool [B] (True = real row; absent = all real), as from
+      `vdm_jax.data.get_dataset(name, "test", ...)`.
+    key: PRNG key; batch number n uses `fold_in(key, n)`.
+    T: None for the model's T, 0 for continuous time, else discrete steps (`model.clone(T=T)`).
+    num_time_samples: K independent (t, noise) draws per image, averaged.
+    diffusion_t_bins: n > 0 adds 'diffusion_share' (n fractions summing to 1: the share of the
+      diffusion term coming from t in [j/n, (j+1)/n), estimated with one stratified time per bin
+      per image, see `diffusion_bin_terms`) and 'diffusion_bin_bpd' (the same n contributions in
+      bpd; their sum is a second, independent estimate of diffusion_bpd).
+    put_batch: optional callable applied to each batch dict before the compiled call (e.g. to
+      shard it over devices). The mask is read from the batch before it.
+
+  Returns:
+    dict with 'bpd', 'bpd_se', 'recon_bpd', 'prior_bpd', 'diffusion_bpd' (floats; the three terms
+    sum to 'bpd'), 'num_images' (real images counted), 'num_time_samples', 'T'.
+
+  The per-batch function is compiled once per (model, batch shape, K, n) and cached across
+  calls; per-image results are fetched one batch behind the dispatch (device and host overlap)
+  and accumulated on the host in float64, padding rows dropped.
+  """
+  num_time_samples = _check_int("num_time_samples", num_time_samples, 1)
+  diffusion_t_bins = _check_int("diffusion_t_bins", diffusion_t_bins, 0)
+  model = _with_T(model, T)
+  num_classes = getattr(model, "num_classes", 0)
+
+  sums = {"recon": [], "prior": [], "diffusion": []}
+  bins = []
+  num_dims = None
+
+  def collect(pending):
+    out, mask = pending
+    out = jax.device_get(out)
+    for name in sums:
+      sums[name].append(np.asarray(out[name], np.float64).reshape(-1)[mask])
+    if diffusion_t_bins:
+      bins.append(np.asarray(out["bins"], np.float64).reshape(mask.shape[0], -1)[mask])
+
+  pending = None
+  for n, batch in enumerate(batches):
+    images = batch["image"]
+    size = images.shape[0]
+    mask = np.asarray(batch["mask"], bool).reshape(size) if "mask" in batch else \
+        np.ones((size,), bool)
+    dims = math.prod(images.shape[1:])
+    if num_dims is None:
+      num_dims = dims
+    elif dims != num_dims:
+      raise ValueError(f"batch {n} has images of shape {tuple(images.shape[1:])}, earlier "
+                       "batches had another shape.")
+    labels = batch.get("label") if num_classes else None
+    if num_classes and labels is None:
+      raise ValueError("the model is class-conditional: eval batches need a 'label' entry.")
+    device_batch = put_batch(batch) if put_batch is not None else batch
+    images = device_batch["image"]
+    labels = device_batch["label"] if num_classes else None
+    out = _eval_batch(variables, images, labels, jax.random.fold_in(key, n), model=model,
+                      num_time_samples=num_time_samples, diffusion_t_bins=diffusion_t_bins)
+    if pending is not None:
+      collect(pending)
+    pending = (out, mask)
+  if pending is not None:
+    collect(pending)
+
+  terms = {name: np.concatenate(v) if v else np.zeros((0,)) for name, v in sums.items()}
+  num_images = terms["recon"].shape[0]
+  if num_images == 0:
+    raise ValueError("evaluate got no real images (empty iterator or every row masked out).")
+  def to_bpd(nats):   # host float64
+    return likelihood.nats_to_bpd(nats, num_dims)
+
+  bpd = to_bpd(terms["recon"] + terms["prior"] + terms["diffusion"])
+  result = {
+      "bpd": float(bpd.mean()),
+      "bpd_se": float(bpd.std(ddof=1) / math.sqrt(num_images)) if num_images > 1 else float("nan"),
+      "recon_bpd": float(to_bpd(terms["recon"].mean())),
+      "prior_bpd": float(to_bpd(terms["prior"].mean())),
+      "diffusion_bpd": float(to_bpd(terms["diffusion"].mean())),
+      "num_images": int(num_images),
+      "num_time_samples": num_time_samples,
+      "T": int(model.T),
+  }
+  if diffusion_t_bins:
+    contrib = np.concatenate(bins).mean(axis=0) / diffusion_t_bins       # [n] nats
+    total = contrib.sum()
+    result["diffusion_share"] = [float(c / total) for c in contrib] if total > 0 else \
+        [float("nan")] * diffusion_t_bins
+    result["diffusion_bin_bpd"] = [float(to_bpd(c)) for c in contrib]
+  return result
