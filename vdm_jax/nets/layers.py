@@ -1,0 +1,238 @@
+"""Layers shared by the score networks.
+
+Conventions used throughout `vdm_jax.nets`:
+
+* Images are NHWC.
+* Parameters are always float32 (`param_dtype=jnp.float32`); `dtype` is the compute dtype
+  (float32 by default, bfloat16 optionally). Inputs are cast to the compute dtype by each
+  layer; GroupNorm statistics and the attention softmax are computed in float32.
+* Output layers of every residual branch are zero-initialised, so every block is the identity
+  at initialisation and the network output is fixed by its final zero-initialised convolution.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+zeros_init = nn.initializers.zeros
+
+
+def timestep_embedding(t: jax.Array, dim: int, *, scale: float = 1000.0,
+                       max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal embedding of a batch of scalars, as in tensor2tensor / the VDM code.
+
+  Args:
+    t: float [B] (for the score networks: log-SNR normalised to [0, 1]).
+    dim: embedding size (>= 4); odd sizes are zero-padded by one column.
+    scale: `t` is multiplied by this first (1000, as in the official code, so that
+      t in [0, 1] spans the same range as DDPM's integer timesteps).
+    max_period: the lowest frequency is 1 / max_period.
+
+  Returns:
+    float32 [B, dim]: [sin(scale * t * f_k), cos(scale * t * f_k)], with
+    f_k = max_period ** (-k / (dim // 2 - 1)), k = 0 .. dim // 2 - 1.
+  """
+  t = jnp.asarray(t, jnp.float32)
+  if t.ndim != 1:
+    raise ValueError(f"timestep_embedding expects t of shape [B], got {t.shape}")
+  half = dim // 2
+  if half < 2:
+    raise ValueError(f"timestep_embedding needs dim >= 4, got {dim}")
+  freqs = jnp.exp(-math.log(max_period) / (half - 1) * jnp.arange(half, dtype=jnp.float32))
+  args = (t * scale)[:, None] * freqs[None, :]
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)
+  if dim % 2 == 1:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+def fourier_features(z: jax.Array, freqs: Sequence[int]) -> jax.Array:
+  """Base-2 Fourier features of `z` (VDM paper, Appendix C; official `Base2FourierFeatures`).
+
+  For every input channel c and every exponent f in `freqs`, returns sin(2^f * 2*pi * z_c) and
+  cos(2^f * 2*pi * z_c). With the official default f in {6, 7} these are the paper's
+  sin/cos(2^n * pi * z) for n in {7, 8}: periods 1/64 and 1/128 in z, i.e. one and two 8-bit bins
+  (bin width 2/256). They expose the fine detail of z that the network would otherwise struggle
+  to resolve, which matters for likelihood.
+
+  Always computed in float32 (bf16 cannot resolve 2^7 * 2*pi * z).
+
+  Args:
+    z: [..., C].
+    freqs: exponents f (ints).
+
+  Returns:
+    float32 [..., 2 * len(freqs) * C], laid out as [sin | cos], each channel-major
+    (c0f0, c0f1, ..., c1f0, ...) as in the official code.
+  """
+  z = jnp.asarray(z, jnp.float32)
+  w = jnp.asarray((2.0 ** np.asarray(freqs, dtype=np.float64)) * 2.0 * np.pi, jnp.float32)
+  h = (z[..., :, None] * w).reshape(*z.shape[:-1], z.shape[-1] * len(freqs))
+  return jnp.concatenate([jnp.sin(h), jnp.cos(h)], axis=-1)
+
+
+def num_groups(channels: int, max_groups: int = 32, min_group_size: int = 2) -> int:
+  """Number of GroupNorm groups for `channels`: the largest divisor of `channels` that is at
+  most min(max_groups, channels // min_group_size) (at least 1).
+
+  For the usual widths (>= 64 channels) this is the standard 32. At small widths it keeps at
+  least two channels per group: with one channel per group GroupNorm removes every per-channel
+  constant over H, W, which would erase the conditioning projection added before the second
+  norm of each ResnetBlock (and make the conv bias before it useless).
+  """
+  limit = max(1, min(max_groups, channels // min_group_size))
+  for g in range(limit, 0, -1):
+    if channels % g == 0:
+      return g
+  return 1
+
+
+def group_norm(channels: int, name: str, dtype: Dtype = jnp.float32,
+               max_groups: int = 32) -> nn.GroupNorm:
+  """GroupNorm with a channel-safe group count (`num_groups`) and float32 params. Flax computes
+  the statistics in (at least) float32 whatever the compute `dtype` is."""
+  return nn.GroupNorm(num_groups=num_groups(channels, max_groups), epsilon=1e-6, dtype=dtype,
+                      param_dtype=jnp.float32, name=name)
+
+
+def conv3x3(features: int, name: str, dtype: Dtype, *, strides: int = 1,
+            zero: bool = False) -> nn.Conv:
+  """3x3 'SAME' conv with float32 params; zero-initialised kernel when `zero`."""
+  kw = dict(kernel_init=zeros_init) if zero else {}
+  return nn.Conv(features, kernel_size=(3, 3), strides=(strides, strides), padding="SAME",
+                 dtype=dtype, param_dtype=jnp.float32, name=name, **kw)
+
+
+def dense(features: int, name: str, dtype: Dtype, *, use_bias: bool = True,
+          zero: bool = False) -> nn.Dense:
+  """Dense with float32 params; zero-initialised kernel when `zero`."""
+  kw = dict(kernel_init=zeros_init) if zero else {}
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name,
+                  **kw)
+
+
+class ConditioningEmbedding(nn.Module):
+  """Conditioning vector from the normalised log-SNR and an optional class label.
+
+  cond_vec = swish(Dense(swish(Dense(timestep_embedding(cond, n_embd)))))  [B, 4 * n_embd]
+             + Embed(label)                                   (only when num_classes > 0)
+
+  The label table has num_classes + 1 rows; row `num_classes` is the null label (used when
+  `label is None`, and the "unconditional" label for classifier-free guidance). Labels must lie
+  in [0, num_classes]: larger values (not checkable under jit) give NaN outputs.
+  """
+  n_embd: int
+  num_classes: int = 0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, cond: jax.Array, label: Optional[jax.Array] = None) -> jax.Array:
+    temb = timestep_embedding(cond, self.n_embd)
+    c = nn.swish(dense(4 * self.n_embd, "dense0", self.dtype)(temb))
+    c = nn.swish(dense(4 * self.n_embd, "dense1", self.dtype)(c))
+    if self.num_classes > 0:
+      if label is None:
+        label = jnp.full((cond.shape[0],), self.num_classes, jnp.int32)
+      label = jnp.asarray(label)
+      if label.shape != cond.shape:
+        raise ValueError(f"label must have shape {cond.shape} (one per example), got {label.shape}")
+      if not jnp.issubdtype(label.dtype, jnp.integer):
+        raise ValueError(f"label must be an integer array, got dtype {label.dtype}")
+      c = c + nn.Embed(self.num_classes + 1, 4 * self.n_embd, dtype=self.dtype,
+                       param_dtype=jnp.float32, name="label_embed")(label)
+    elif label is not None:
+      raise ValueError("a label was given to an unconditional network (num_classes=0); "
+                       "set num_classes > 0 or pass label=None")
+    return c
+
+
+class ResnetBlock(nn.Module):
+  """Residual block: GN, swish, conv3x3, + Dense(cond), GN, swish, dropout, conv3x3 (zero-init).
+
+  The skip path is a 1x1 projection (`nin_shortcut`) when the channel count changes. The
+  conditioning projection and the second conv are zero-initialised (as in the official code),
+  so the block is the identity (or the 1x1 projection) at initialisation.
+  """
+  out_ch: Optional[int] = None
+  dropout: float = 0.0
+  deterministic: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, cond: Optional[jax.Array]) -> jax.Array:
+    x = x.astype(self.dtype)
+    c_in = x.shape[-1]
+    out_ch = c_in if self.out_ch is None else self.out_ch
+    h = nn.swish(group_norm(c_in, "norm1", self.dtype)(x))
+    h = conv3x3(out_ch, "conv1", self.dtype)(h)
+    if cond is not None:
+      h = h + dense(out_ch, "cond_proj", self.dtype, use_bias=False, zero=True)(
+          cond)[:, None, None, :]
+    h = nn.swish(group_norm(out_ch, "norm2", self.dtype)(h))
+    if self.dropout > 0:
+      h = nn.Dropout(rate=self.dropout)(h, deterministic=self.deterministic)
+    h = conv3x3(out_ch, "conv2", self.dtype, zero=True)(h)
+    if c_in != out_ch:
+      x = dense(out_ch, "nin_shortcut", self.dtype)(x)
+    return x + h
+
+
+class AttnBlock(nn.Module):
+  """Single-head self-attention over the H*W positions, residual, zero-init output projection.
+
+  h = GN(x); q, k, v = Dense(h); out = x + proj_out(softmax(q k^T / sqrt(C)) v).
+  The key projection has no bias: a key bias adds q.b_k to every logit of a query, which the
+  softmax removes, so such a bias would never receive a gradient.
+  """
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(self.dtype)
+    b, hgt, wdt, c = x.shape
+    h = group_norm(c, "norm", self.dtype)(x).reshape(b, hgt * wdt, c)
+    q = dense(c, "q", self.dtype)(h)
+    k = dense(c, "k", self.dtype, use_bias=False)(h)
+    v = dense(c, "v", self.dtype)(h)
+    logits = jnp.einsum("bqc,bkc->bqk", q, k, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(logits * (1.0 / math.sqrt(c)), axis=-1).astype(self.dtype)
+    h = jnp.einsum("bqk,bkc->bqc", weights, v)
+    h = dense(c, "proj_out", self.dtype, zero=True)(h)
+    return x + h.reshape(b, hgt, wdt, c)
+
+
+def check_inputs(z: jax.Array, cond: jax.Array) -> jax.Array:
+  """Validates the (z, cond) shapes of the score-network contract; returns cond as float32 [B]."""
+  if z.ndim != 4:
+    raise ValueError(f"z must be [B, H, W, C], got shape {z.shape}")
+  cond = jnp.asarray(cond, jnp.float32)
+  if cond.ndim == 0:
+    cond = jnp.broadcast_to(cond, (z.shape[0],))
+  if cond.shape != (z.shape[0],):
+    raise ValueError(f"cond must be a scalar or have shape [B]=({z.shape[0]},), got {cond.shape}")
+  return cond
+
+
+def input_features(z: jax.Array, with_fourier_features: bool, freqs: Sequence[int],
+                   dtype: Dtype) -> jax.Array:
+  """z, optionally concatenated with its Base-2 Fourier features, cast to the compute dtype."""
+  h = jnp.asarray(z, jnp.float32)
+  if with_fourier_features:
+    h = jnp.concatenate([h, fourier_features(h, freqs)], axis=-1)
+  return h.astype(dtype)
+
+
+def output_head(h: jax.Array, z: jax.Array, dtype: Dtype, input_skip: bool) -> jax.Array:
+  """GN, swish, zero-initialised conv3x3 to z's channels; float32 out; optionally + z."""
+  h = nn.swish(group_norm(h.shape[-1], "norm_out", dtype)(h))
+  out = conv3x3(z.shape[-1], "conv_out", dtype, zero=True)(h).astype(jnp.float32)
+  if input_skip:
+    out = out + jnp.asarray(z, jnp.float32)
+  return out

@@ -1,0 +1,120 @@
+"""Multi-resolution DDPM-style U-Net (Ho et al. 2020), for cheaper runs than the VDM network.
+
+Per level i (channels ch * ch_mult[i]): num_res_blocks ResnetBlocks (+ self-attention when the
+spatial size is in attn_resolutions), then a stride-2 conv down-sample (not after the last level).
+Middle: ResnetBlock, AttnBlock, ResnetBlock. Up path mirrored with num_res_blocks + 1 blocks per
+level, each taking concat([h, skip]), and a nearest-neighbour up-sample + conv3x3 between levels.
+Odd sizes are fine: 28 -> 14 -> 7 and back, or 7 -> 4 -> 7 (up-sampling resizes to the skip's size).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vdm_jax.nets.layers import (AttnBlock, ConditioningEmbedding, ResnetBlock, conv3x3,
+                                 check_inputs, input_features, output_head)
+
+Dtype = Any
+
+
+class Downsample(nn.Module):
+  """conv3x3 with stride 2 ('SAME' padding: 28 -> 14 -> 7 -> 4)."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return conv3x3(x.shape[-1], "conv", self.dtype, strides=2)(x.astype(self.dtype))
+
+
+class Upsample(nn.Module):
+  """Nearest-neighbour resize to `size` (H, W), then conv3x3."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, size: Tuple[int, int]) -> jax.Array:
+    b, h, w, c = x.shape
+    if size == (2 * h, 2 * w):
+      x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    else:
+      x = jax.image.resize(x, (b, *size, c), method="nearest")
+    return conv3x3(c, "conv", self.dtype)(x.astype(self.dtype))
+
+
+class UNet(nn.Module):
+  """DDPM-style U-Net with the same call contract as `VDMScoreNet`.
+
+  Call: `net.apply(params, z, cond, label=None, train=False, rngs={'dropout': key})`
+    z: float [B, H, W, C]; cond: float [B] (or scalar), log-SNR normalised to [0, 1];
+    label: int [B] in [0, num_classes] (num_classes = null label) or None (= null label);
+    train: dropout only when True.
+  Returns eps_hat: float32, shape of z.
+
+  Output: conv_out(...) (+ z when input_skip=True). conv_out is zero-initialised, so AT
+  INITIALISATION THE OUTPUT IS EXACTLY 0 (exactly z with input_skip=True).
+
+  Attributes:
+    ch: base channels; level i has ch * ch_mult[i] channels.
+    ch_mult: channel multipliers, one per resolution level (len(ch_mult) - 1 down-samplings).
+    num_res_blocks: ResnetBlocks per level on the way down (num_res_blocks + 1 on the way up).
+    attn_resolutions: spatial sizes (height) at which self-attention follows each block.
+    dropout, num_classes, dtype, remat, with_fourier_features, fourier_freqs, input_skip:
+      as in `VDMScoreNet`.
+  Defaults are DDPM's CIFAR-10 network (35.7M parameters); for 28x28 data use e.g.
+  ch_mult=(1, 2, 2) (28 -> 14 -> 7) and attn_resolutions=(14,) or (7,).
+  """
+  ch: int = 128
+  ch_mult: Sequence[int] = (1, 2, 2, 2)
+  num_res_blocks: int = 2
+  attn_resolutions: Sequence[int] = (16,)
+  dropout: float = 0.1
+  num_classes: int = 0
+  with_fourier_features: bool = False
+  fourier_freqs: Sequence[int] = (6, 7)
+  input_skip: bool = False
+  dtype: Dtype = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, z: jax.Array, cond: jax.Array, label: Optional[jax.Array] = None,
+               train: bool = False) -> jax.Array:
+    cond = check_inputs(z, cond)
+    c = ConditioningEmbedding(self.ch, self.num_classes, self.dtype, name="cond_embed")(cond, label)
+    res_cls = nn.remat(ResnetBlock) if self.remat else ResnetBlock
+    attn_cls = nn.remat(AttnBlock) if self.remat else AttnBlock
+    det = not train
+
+    def res(out_ch, name):
+      return res_cls(out_ch, self.dropout, det, self.dtype, name=name)
+
+    h = input_features(z, self.with_fourier_features, self.fourier_freqs, self.dtype)
+    h = conv3x3(self.ch, "conv_in", self.dtype)(h)
+    hs = [h]
+    last = len(self.ch_mult) - 1
+    for i, mult in enumerate(self.ch_mult):
+      for j in range(self.num_res_blocks):
+        h = res(self.ch * mult, f"down{i}_block{j}")(h, c)
+        if h.shape[1] in self.attn_resolutions:
+          h = attn_cls(self.dtype, name=f"down{i}_attn{j}")(h)
+        hs.append(h)
+      if i != last:
+        h = Downsample(self.dtype, name=f"down{i}_downsample")(h)
+        hs.append(h)
+
+    h = res(None, "mid_block1")(h, c)
+    h = attn_cls(self.dtype, name="mid_attn")(h)
+    h = res(None, "mid_block2")(h, c)
+
+    for i in reversed(range(len(self.ch_mult))):
+      for j in range(self.num_res_blocks + 1):
+        h = res(self.ch * self.ch_mult[i], f"up{i}_block{j}")(
+            jnp.concatenate([h, hs.pop()], axis=-1), c)
+        if h.shape[1] in self.attn_resolutions:
+          h = attn_cls(self.dtype, name=f"up{i}_attn{j}")(h)
+      if i != 0:
+        h = Upsample(self.dtype, name=f"up{i}_upsample")(h, tuple(hs[-1].shape[1:3]))
+    assert not hs
+
+    return output_head(h, z, self.dtype, self.input_skip)
