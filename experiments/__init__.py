@@ -1,0 +1,1 @@
+"""Experiments: the training CLI (`python -m experiments.train`) and its configs."""

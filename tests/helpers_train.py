@@ -1,0 +1,22 @@
+"""Tiny configs shared by the training-system tests (real 28x28 Fashion-MNIST, tiny network)."""
+import ml_collections
+
+from experiments.configs import quickstart
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+  """A network with ~30k parameters, batch 8, periodic events off, eval on the first 2000 test
+  images only; 2 steps by default."""
+  c = quickstart.get_config()
+  c.model.unet = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
+                      with_fourier_features=False, input_skip=False)
+  c.model.gamma_min = -10.0
+  c.training.update(dict(seed=0, batch_size=8, num_steps=2, steps_per_call=1, log_every=1,
+                         eval_every=0, checkpoint_every=0, sample_every=0, keep_checkpoints=3))
+  c.optimizer.update(dict(lr=1e-3, warmup_steps=2, decay="none", ema_rate=0.9))
+  c.eval.update(dict(num_time_samples=1, batch_size=2000, max_batches=1))
+  c.sampling.update(dict(T=3, num_samples=4))
+  for key, value in overrides.items():
+    group, name = key.split(".", 1)
+    c[group][name] = value
+  return c

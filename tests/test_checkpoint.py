@@ -1,0 +1,118 @@
+"""Checkpoints: exact round trip, keep-last-k, and skipping a half-written step."""
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vdm_jax import checkpoint, parallel, train
+
+
+def make_state(value: float, shape=(3, 4)) -> train.TrainState:
+  params = {"dense": {"kernel": jnp.full(shape, value), "bias": jnp.arange(shape[-1]) * value},
+            "gamma_module": {"endpoints": {"gamma_min": jnp.float32(-13.3)}}}
+  tx = optax.adamw(1e-3, mask=train.decay_mask)
+  return train.TrainState(step=jnp.int32(int(value)), params=params,
+                          ema_params=jax.tree.map(lambda x: x * 0.5, params),
+                          opt_state=tx.init(params), rng=jax.random.PRNGKey(int(value)))
+
+
+def target_like(state, mesh=None):
+  mesh = mesh or parallel.make_mesh()
+  repl = parallel.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
+
+
+def assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_round_trip_is_exact_and_keeps_last_k(tmp_path):
+  ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints", max_to_keep=2)
+  for step in (1, 2, 3):
+    ckpt.save(step, make_state(float(step)), {"global_batch_size": 8})
+  ckpt.wait()
+  assert ckpt.all_steps() == [2, 3] and ckpt.latest_step() == 3
+  state, meta = ckpt.restore(target_like(make_state(0.0)))
+  assert_trees_equal(state, make_state(3.0))
+  assert meta["step"] == 3 and meta["global_batch_size"] == 8
+  # Restored leaves carry the target's (replicated, 8-device) sharding.
+  assert state.params["dense"]["kernel"].sharding.is_fully_replicated
+  assert len(state.params["dense"]["kernel"].sharding.device_set) == 8
+  state2, _ = ckpt.restore(target_like(make_state(0.0)), step=2)
+  assert_trees_equal(state2, make_state(2.0))
+  with pytest.raises(FileNotFoundError, match="No complete checkpoint for step 7"):
+    ckpt.restore(target_like(make_state(0.0)), step=7)
+  ckpt.close()
+
+
+def test_empty_directory_restores_nothing(tmp_path):
+  ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
+  assert ckpt.latest_step() is None
+  assert ckpt.restore(target_like(make_state(0.0))) is None
+  ckpt.close()
+
+
+def _truncate_data_files(step_dir: Path) -> int:
+  """Cuts every array data file of the 'state' item to a few bytes; returns how many."""
+  n = 0
+  for f in (step_dir / "state").rglob("*"):
+    if f.is_file() and f.parent.name == "d":
+      with open(f, "r+b") as fh:
+        fh.truncate(3)
+      n += 1
+  return n
+
+
+@pytest.mark.parametrize("damage", ["no_commit_marker", "truncated_file"])
+def test_half_written_checkpoint_is_skipped_with_a_message(tmp_path, caplog, damage):
+  directory = tmp_path / "checkpoints"
+  ckpt = checkpoint.Checkpointer(directory, max_to_keep=5)
+  ckpt.save(1, make_state(1.0))
+  ckpt.save(2, make_state(2.0))
+  ckpt.close()
+  # A later step left half-written: a copy of step 2 named 3, then damaged.
+  shutil.copytree(directory / "2", directory / "3")
+  if damage == "no_commit_marker":
+    (directory / "3" / checkpoint.COMMIT_MARKER).unlink()
+    meta_file = directory / "3" / checkpoint.STEP_METADATA
+    meta = json.loads(meta_file.read_text())
+    meta["commit_timestamp_nsecs"] = None
+    meta_file.write_text(json.dumps(meta))
+  else:
+    assert _truncate_data_files(directory / "3") > 0
+
+  ckpt = checkpoint.Checkpointer(directory, max_to_keep=5)
+  with caplog.at_level(logging.WARNING, logger="vdm_jax.checkpoint"):
+    state, meta = ckpt.restore(target_like(make_state(0.0)))
+  assert meta["step"] == 2
+  assert_trees_equal(state, make_state(2.0))
+  messages = [r.getMessage() for r in caplog.records if r.name == "vdm_jax.checkpoint"]
+  assert len(messages) == 1, messages
+  assert "Checkpoint step 3" in messages[0] and "resuming from step 2 instead" in messages[0]
+  assert ("incomplete" if damage == "no_commit_marker" else "unreadable") in messages[0]
+  # The bad step was moved aside, so that step 3 can be written again.
+  assert not (directory / "3").exists()
+  assert len(list((tmp_path / "checkpoints.incomplete").iterdir())) == 1
+  ckpt.save(3, make_state(3.0))
+  ckpt.wait()
+  assert ckpt.latest_step() == 3
+  assert_trees_equal(ckpt.restore(target_like(make_state(0.0)))[0], make_state(3.0))
+  ckpt.close()
+
+
+def test_checkpoint_of_another_structure_is_an_error_not_skipped(tmp_path):
+  ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
+  ckpt.save(1, make_state(1.0))
+  ckpt.wait()
+  with pytest.raises(checkpoint.IncompatibleCheckpointError, match="another structure"):
+    ckpt.restore(target_like(make_state(0.0, shape=(5, 4))))
+  assert ckpt.all_steps() == [1]   # not moved away
+  ckpt.close()

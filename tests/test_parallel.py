@@ -1,0 +1,99 @@
+"""Data parallelism: the mesh, batch sharding, and the same numbers on 1 and 8 devices."""
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from helpers_train import tiny_config
+from vdm_jax import data, parallel, train
+from vdm_jax import model as model_lib
+
+
+def test_mesh_and_shard_batch():
+  assert jax.device_count() == 8, "conftest forces 8 CPU devices"
+  mesh = parallel.make_mesh()
+  assert mesh.axis_names == ("data",) and mesh.devices.size == 8
+  batch = {"image": np.arange(16 * 3, dtype=np.uint8).reshape(16, 3),
+           "label": np.arange(16, dtype=np.int32)}
+  sharded = parallel.shard_batch(batch, mesh)
+  np.testing.assert_array_equal(np.asarray(sharded["image"]), batch["image"])
+  shards = sharded["label"].addressable_shards
+  assert len(shards) == 8 and all(s.data.shape == (2,) for s in shards)
+  # Stacked steps: axis 1 is the batch axis.
+  stacked = parallel.shard_batch({"image": np.zeros((3, 16, 2), np.uint8)}, mesh, batch_dim=1)
+  assert stacked["image"].shape == (3, 16, 2)
+  assert {s.data.shape for s in stacked["image"].addressable_shards} == {(3, 2, 2)}
+  assert parallel.per_process_batch(16, mesh) == 16
+
+
+def test_batch_not_divisible_by_devices_says_what_to_change():
+  mesh = parallel.make_mesh()
+  with pytest.raises(ValueError, match=r"config.training.batch_size=12 is not divisible by the "
+                     r"number of devices \(8\).*multiple of 8 \(e.g. --config.training."
+                     r"batch_size=16\)"):
+    parallel.check_batch_size(12, mesh)
+  parallel.check_batch_size(8, parallel.make_mesh(jax.devices()[:1]))
+  parallel.check_batch_size(3, parallel.make_mesh(jax.devices()[:1]))
+
+
+def test_initialize_distributed_is_a_no_op_on_one_host(monkeypatch):
+  for var in ("VDM_MULTIHOST", "JAX_COORDINATOR_ADDRESS"):
+    monkeypatch.delenv(var, raising=False)
+  assert parallel.initialize_distributed() is False
+
+
+def _run(mesh, model, config, batches, steps_per_call, unroll=None):
+  optimizer, _ = train.optimizer_and_schedule(config.optimizer, 10)
+  state = train.init_state(model, optimizer, 0, mesh)
+  step = train.compiled_train_step(model, optimizer, mesh, ema_rate=0.9, unroll=unroll)
+  losses = []
+  for i in range(0, len(batches["image"]), steps_per_call):
+    chunk = {k: v[i:i + steps_per_call] for k, v in batches.items()}
+    state, metrics = step(state, parallel.shard_batch(chunk, mesh, batch_dim=1))
+    losses.extend(np.asarray(metrics["train/loss"]).tolist())
+  return jax.device_get(state), np.asarray(losses)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  config = tiny_config()
+  model = model_lib.from_config(config.model)
+  it = data.get_dataset("fashion_mnist", "train", 8, seed=0)
+  batches = [next(it) for _ in range(3)]
+  stacked = {"image": np.stack([b["image"] for b in batches])}
+  return config, model, stacked
+
+
+def test_one_device_equals_eight_devices(setup):
+  config, model, batches = setup
+  mesh1 = parallel.make_mesh(jax.devices()[:1])
+  mesh8 = parallel.make_mesh()
+  s1, l1 = _run(mesh1, model, config, batches, 1)
+  s8, l8 = _run(mesh8, model, config, batches, 1)
+  assert np.all(np.isfinite(l1)) and l1.shape == (3,)
+  np.testing.assert_allclose(l8, l1, rtol=1e-5)
+  assert int(s1.step) == int(s8.step) == 3
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(s1.ema_params), jax.tree.leaves(s8.ema_params)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+  # The parameters moved (the comparison is not trivially between initial states).
+  optimizer, _ = train.optimizer_and_schedule(config.optimizer, 10)
+  init = train.init_state(model, optimizer, 0, mesh8)
+  moved = max(float(np.max(np.abs(a - b))) for a, b in
+              zip(jax.tree.leaves(s8.params), jax.tree.leaves(init.params)))
+  assert moved > 1e-4
+
+
+def test_steps_per_call_scan_and_unrolled_match_single_steps(setup):
+  config, model, batches = setup
+  mesh8 = parallel.make_mesh()
+  single, l_single = _run(mesh8, model, config, batches, 1)
+  scanned, l_scan = _run(mesh8, model, config, batches, 3, unroll=False)
+  unrolled, l_unroll = _run(mesh8, model, config, batches, 3, unroll=True)
+  np.testing.assert_allclose(l_scan, l_single, rtol=1e-5)
+  np.testing.assert_allclose(l_unroll, l_single, rtol=1e-5)
+  for s in (scanned, unrolled):
+    for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(s.params)):
+      np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)

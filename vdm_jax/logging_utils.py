@@ -1,0 +1,159 @@
+"""Metrics to `metrics.jsonl` and TensorBoard, and image grids as PNG.
+
+    writer = MetricsWriter(workdir)              # only process 0 writes
+    writer.write(step, {"train/bpd": 3.9, "steps_per_s": 12.0})
+    save_image_grid(images, "samples/step_100.png")
+
+`metrics.jsonl` gets one JSON object per call: {"step": ..., "time": <unix seconds>, **scalars}.
+TensorBoard event files (tensorboardX) go to the workdir itself.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def _to_python(v: Any) -> Any:
+  """Scalars (numpy, jax, python) -> python float/int; non-finite floats stay (as NaN/inf)."""
+  if isinstance(v, (str, bool)) or v is None:
+    return v
+  arr = np.asarray(v)
+  if arr.ndim:
+    raise ValueError(f"metrics must be scalars, got shape {arr.shape}")
+  if np.issubdtype(arr.dtype, np.integer):
+    return int(arr)
+  return float(arr)
+
+
+class MetricsWriter:
+  """Appends scalar metrics to `<workdir>/metrics.jsonl` and to TensorBoard events.
+
+  Args:
+    workdir: the folder.
+    enabled: write anything at all (pass `jax.process_index() == 0`).
+    tensorboard: also write TensorBoard event files (tensorboardX) into `workdir`.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True):
+    self.workdir = Path(workdir)
+    self.enabled = enabled
+    self.path = self.workdir / "metrics.jsonl"
+    self._tb = None
+    if enabled:
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      if tensorboard:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(logdir=str(self.workdir), flush_secs=30)
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> dict:
+    """Writes one record; returns it (python scalars)."""
+    record = {"step": int(step), "time": round(time.time(), 3)}
+    record.update({k: _to_python(v) for k, v in metrics.items()})
+    if not self.enabled:
+      return record
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for k, v in record.items():
+        if k in ("step", "time") or isinstance(v, (str, bool)) or v is None:
+          continue
+        self._tb.add_scalar(k, v, int(step))
+    return record
+
+  def write_text(self, step: int, tag: str, text: str) -> None:
+    if self.enabled and self._tb is not None:
+      self._tb.add_text(tag, text, int(step))
+
+  def write_images(self, step: int, tag: str, grid: np.ndarray) -> None:
+    """A uint8 [H, W, C] image to TensorBoard."""
+    if self.enabled and self._tb is not None:
+      self._tb.add_image(tag, grid, int(step), dataformats="HWC")
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+  """All records of `<workdir>/metrics.jsonl` (NaN/Infinity parsed as floats)."""
+  path = Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def image_grid(images: np.ndarray, ncols: int | None = None, padding: int = 2,
+               vocab_size: int = 256) -> np.ndarray:
+  """Integer images [N, H, W, C] in [0, vocab_size) -> one uint8 image [rows*(H+p)+p, ..., C].
+
+  C must be 1 or 3; values are rescaled to 0..255 when vocab_size != 256. Empty cells are black.
+  """
+  images = np.asarray(images)
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f"images must be [N, H, W, 1 or 3], got shape {images.shape}")
+  n, h, w, c = images.shape
+  if vocab_size != 256:
+    images = np.round(images.astype(np.float64) * 255.0 / (vocab_size - 1))
+  images = np.clip(images, 0, 255).astype(np.uint8)
+  ncols = ncols or max(1, int(math.ceil(math.sqrt(n))))
+  nrows = max(1, int(math.ceil(n / ncols)))
+  grid = np.zeros((nrows * (h + padding) + padding, ncols * (w + padding) + padding, c), np.uint8)
+  for i in range(n):
+    r, col = divmod(i, ncols)
+    y, x = padding + r * (h + padding), padding + col * (w + padding)
+    grid[y:y + h, x:x + w] = images[i]
+  return grid
+
+
+def save_image_grid(images: np.ndarray, path: str | os.PathLike, ncols: int | None = None,
+                    vocab_size: int = 256) -> np.ndarray:
+  """Writes `image_grid(images)` as a PNG (grayscale for C = 1); returns the grid."""
+  from PIL import Image
+  grid = image_grid(images, ncols, vocab_size=vocab_size)
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+  return grid
+
+
+class Timer:
+  """Accumulates wall time over explicitly started and stopped intervals."""
+
+  def __init__(self):
+    self.total = 0.0
+    self._start = None
+
+  def start(self) -> None:
+    if self._start is None:
+      self._start = time.perf_counter()
+
+  def stop(self) -> float:
+    if self._start is not None:
+      self.total += time.perf_counter() - self._start
+      self._start = None
+    return self.total
+
+  def reset(self) -> None:
+    self.total, self._start = 0.0, None
+
+
+def format_duration(seconds: float) -> str:
+  """'1h02m03s' / '2m03s' / '3.2s'."""
+  if not math.isfinite(seconds):
+    return "?"
+  if seconds < 60:
+    return f"{seconds:.1f}s"
+  m, s = divmod(int(round(seconds)), 60)
+  h, m = divmod(m, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
