@@ -230,3 +230,36 @@ def test_missing_data_error_passes_through_unchanged(tmp_path):
   assert str(err.value) == str(direct.value)
   assert "Dataset 'mnist' split 'train' was not found" in str(err.value)
   assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("name", ["quickstart", "fashion_mnist", "mnist", "emnist", "cifar10",
+                                  "cifar10_paper"])
+def test_every_config_validates_and_documents_itself(name):
+  import importlib
+  module = importlib.import_module(f"experiments.configs.{name}")
+  assert f"--config=experiments/configs/{name}.py" in module.__doc__
+  assert "Hardware:" in module.__doc__ and "Result" in module.__doc__
+  config = module.get_config()
+  for group in ("data", "model", "training", "optimizer", "eval", "sampling"):
+    assert group in config
+  for key in ("seed", "batch_size", "num_steps", "steps_per_call", "log_every", "eval_every",
+              "checkpoint_every", "sample_every", "keep_checkpoints"):
+    assert key in config.training, key
+  for key in ("lr", "warmup_steps", "decay", "weight_decay", "ema_rate", "grad_clip"):
+    assert key in config.optimizer, key
+  assert config.model.weighting == "elbo" and config.model.schedule_objective == "elbo"
+  model = train.validate_config(config, parallel.make_mesh())
+  assert type(model.network).__name__ == {"unet": "UNet", "vdm_unet": "VDMScoreNet"}[
+      config.model.network]
+
+
+def test_paper_config_is_the_papers_model():
+  from experiments.configs import cifar10_paper
+  c = cifar10_paper.get_config()
+  assert (c.model.network, c.model.vdm_unet.n_embd, c.model.vdm_unet.n_layer) == \
+      ("vdm_unet", 128, 32)
+  assert c.model.vdm_unet.with_fourier_features and c.model.vdm_unet.dropout == 0.1
+  assert (c.model.schedule, c.model.gamma_min, c.model.gamma_max) == \
+      ("learned_linear", -13.3, 5.0)
+  assert (c.training.batch_size, c.training.num_steps) == (128, 10_000_000)
+  assert (c.optimizer.lr, c.optimizer.ema_rate, c.optimizer.weight_decay) == (2e-4, 0.9999, 0.01)
