@@ -137,8 +137,11 @@ def _restore(workdir, config, step):
 
 def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
   seen = _record_batches(monkeypatch)
-  cfg6 = tiny_config(**{"training.num_steps": 6, "training.checkpoint_every": 3})
-  cfg3 = tiny_config(**{"training.num_steps": 3, "training.checkpoint_every": 3})
+  # Class-conditional with label dropout, so the label path is exercised too.
+  common = {"model.num_classes": 10, "training.label_dropout": 0.3,
+            "training.checkpoint_every": 3}
+  cfg6 = tiny_config(**{"training.num_steps": 6, **common})
+  cfg3 = tiny_config(**{"training.num_steps": 3, **common})
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
   train.train_and_evaluate(cfg6, str(straight))
   train.train_and_evaluate(cfg3, str(resumed))      # stops after step 3 (and checkpoints it)
