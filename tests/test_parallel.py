@@ -45,7 +45,9 @@ def test_initialize_distributed_is_a_no_op_on_one_host(monkeypatch):
 
 def _run(mesh, model, config, batches, steps_per_call, unroll=None):
   optimizer, _ = train.optimizer_and_schedule(config.optimizer, 10)
-  state = train.init_state(model, optimizer, 0, mesh)
+  # The same initial state everywhere: initialised on all 8 devices, then placed on `mesh`.
+  state = train.init_state(model, optimizer, 0, parallel.make_mesh())
+  state = jax.device_put(state, parallel.replicated(mesh))
   step = train.compiled_train_step(model, optimizer, mesh, ema_rate=0.9, unroll=unroll)
   losses = []
   for i in range(0, len(batches["image"]), steps_per_call):

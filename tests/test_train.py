@@ -88,18 +88,26 @@ def test_ema_decay_warms_up_to_the_rate():
 def test_loss_fn_objective_and_bpd_metrics():
   config = tiny_config()
   model = model_lib.from_config(config.model)
-  params = jax.jit(lambda k: model_lib.init(model, k))(jax.random.PRNGKey(0))["params"]
+  params = train.init_state(model, train.optimizer_and_schedule(config.optimizer, 2)[0], 0,
+                            parallel.make_mesh()).params
   batch = next(data.get_dataset("fashion_mnist", "train", 8, seed=0))
   key = jax.random.PRNGKey(3)
   objective, metrics = jax.jit(lambda p, b, k: train.loss_fn(model, p, b, k))(params, batch, key)
-  k_sample, k_dropout, _ = jax.random.split(key, 3)
+  k_sample, k_dropout = jax.random.split(key)
   loss = jax.jit(lambda p, x: model.apply({"params": p}, x, train=True, rngs={
       "sample": k_sample, "dropout": k_dropout}))(params, batch["image"])
+  # With the default weighting the objective is the bound: the mean negative ELBO in nats.
   np.testing.assert_allclose(float(objective), float(jnp.mean(loss.total)), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["train/loss"]), float(objective), rtol=1e-6)
   np.testing.assert_allclose(float(metrics["train/bpd"]),
                              float(objective) / (784 * math.log(2)), rtol=1e-5)
   parts = sum(float(metrics[f"train/{k}_bpd"]) for k in ("recon", "prior", "diffusion"))
   np.testing.assert_allclose(parts, float(metrics["train/bpd"]), rtol=1e-5)
+  # Another weighting changes the objective, not the reported bound.
+  simple = model.clone(weighting="simple")
+  obj_s, met_s = jax.jit(lambda p, b, k: train.loss_fn(simple, p, b, k))(params, batch, key)
+  np.testing.assert_allclose(float(met_s["train/bpd"]), float(metrics["train/bpd"]), rtol=1e-5)
+  assert abs(float(obj_s) - float(objective)) > 1e-3 * abs(float(objective))
   assert 0 < float(metrics["train/bpd"]) < 20
 
 
@@ -138,7 +146,7 @@ def _restore(workdir, config, step):
 def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
   seen = _record_batches(monkeypatch)
   # Class-conditional with label dropout, so the label path is exercised too.
-  common = {"model.num_classes": 10, "training.label_dropout": 0.3,
+  common = {"model.num_classes": 10, "model.label_dropout": 0.3,
             "training.checkpoint_every": 3}
   cfg6 = tiny_config(**{"training.num_steps": 6, **common})
   cfg3 = tiny_config(**{"training.num_steps": 3, **common})
@@ -216,6 +224,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
      r"config.model.num_classes=26 but dataset 'fashion_mnist' has 10 classes"),
     ({"optimizer.decay": "exponential"}, ValueError, r"config.optimizer.decay must be one of"),
     ({"model.weighting": "bogus"}, ValueError, r"config.model.weighting must be one of"),
+    ({"training.label_dropout": 0.1}, ValueError, r"set config.model.label_dropout instead"),
 ])
 def test_bad_config_fails_before_compute_saying_what_to_change(tmp_path, overrides, error,
                                                                message):

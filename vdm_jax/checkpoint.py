@@ -141,9 +141,9 @@ class Checkpointer:
     if step is not None:
       path = self.directory / str(step)
       if not is_complete(path):
-        raise FileNotFoundError(
-            f"No complete checkpoint for step {step} in {self.directory} "
-            f"(complete steps: {[s for s in self.all_steps() if is_complete(self.directory / str(s))]}).")
+        complete = [s for s in self.all_steps() if is_complete(self.directory / str(s))]
+        raise FileNotFoundError(f"No complete checkpoint for step {step} in {self.directory} "
+                                f"(complete steps: {complete}).")
       return self._restore_step(step, target)
 
     skipped: list[tuple[int, str]] = []

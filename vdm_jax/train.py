@@ -42,7 +42,7 @@ import numpy as np
 import optax
 
 from vdm_jax import checkpoint as checkpoint_lib
-from vdm_jax import data, likelihood, logging_utils, parallel
+from vdm_jax import data, likelihood, logging_utils, losses, parallel
 from vdm_jax import model as model_lib
 
 logger = logging.getLogger(__name__)
@@ -51,8 +51,6 @@ Array = jax.Array
 PyTree = Any
 
 DECAYS = ("none", "linear", "cosine")
-WEIGHTINGS = ("elbo", "simple", "sigmoid")
-SCHEDULE_OBJECTIVES = ("elbo", "variance")
 
 
 # ============================================================================ state & optimizer
@@ -151,42 +149,40 @@ def ema_decay(ema_rate: float, step: Array) -> Array:
 
 
 def loss_fn(model: model_lib.VDM, params: PyTree, batch: Mapping[str, Array], rng: Array,
-            train: bool = True, *, label_dropout: float = 0.0) -> tuple[Array, dict]:
-  """The training objective and its metrics for one batch.
+            train: bool = True) -> tuple[Array, dict]:
+  """The training objective and its metrics for one batch: the one place the train step gets
+  its loss from.
 
   Args:
-    model: the VDM module.
+    model: the VDM module; its `objective` method gives the per-example training objective
+      (the negative ELBO with the default weighting 'elbo' and schedule_objective 'elbo'; see
+      config.model.weighting / schedule_objective) and the bound from the same draws.
     params: its 'params' collection.
-    batch: 'image' integer [B, H, W, C] (and 'label' int [B] for a class-conditional model).
-    rng: key for this step; split into the model's 'sample' and 'dropout' streams (and the
-      label dropout).
-    train: dropout on.
-    label_dropout: probability of replacing a label by the null label (classifier-free
-      guidance training); only for class-conditional models.
+    batch: 'image' integer [B, H, W, C] (and 'label' int [B] for a class-conditional model; the
+      model replaces labels by the null label with probability config.model.label_dropout).
+    rng: key for this step; split into the model's 'sample' and 'dropout' streams.
+    train: dropout (and label dropout) on.
 
   Returns:
-    (objective, metrics): objective = the batch mean of the negative ELBO in nats (what the
-    gradient is taken of); metrics 'train/loss' (the same, nats), 'train/bpd' and its terms
-    'train/recon_bpd', 'train/prior_bpd', 'train/diffusion_bpd' (bits per dimension).
+    (objective, metrics): objective = the batch mean of the per-example objective in nats
+    (what the gradient is taken of); metrics 'train/loss' (the same), and the bound:
+    'train/bpd' with its terms 'train/recon_bpd', 'train/prior_bpd', 'train/diffusion_bpd'
+    (bits per dimension; train/bpd = train/loss / (H W C ln 2) with the ELBO objective).
   """
-  k_sample, k_dropout, k_label = jax.random.split(rng, 3)
-  labels = None
-  if model.num_classes:
-    labels = batch["label"].astype(jnp.int32)
-    if train and label_dropout > 0:
-      drop = jax.random.bernoulli(k_label, label_dropout, labels.shape)
-      labels = jnp.where(drop, model.num_classes, labels)
-  loss = model.apply({"params": params}, batch["image"], labels, train=train,
-                     rngs={"sample": k_sample, "dropout": k_dropout})
-  objective = jnp.mean(loss.total)
+  k_sample, k_dropout = jax.random.split(rng)
+  labels = batch["label"].astype(jnp.int32) if model.num_classes else None
+  per_example, bound = model.apply({"params": params}, batch["image"], labels, train=train,
+                                   rngs={"sample": k_sample, "dropout": k_dropout},
+                                   method=model.objective)
+  objective = jnp.mean(per_example)
   num_dims = math.prod(model.image_shape)
   bpd = lambda v: likelihood.nats_to_bpd(jnp.mean(v), num_dims)
   metrics = {
       "train/loss": objective,
-      "train/bpd": bpd(loss.total),
-      "train/recon_bpd": bpd(loss.recon),
-      "train/prior_bpd": bpd(loss.prior),
-      "train/diffusion_bpd": bpd(loss.diffusion),
+      "train/bpd": bpd(bound.total),
+      "train/recon_bpd": bpd(bound.recon),
+      "train/prior_bpd": bpd(bound.prior),
+      "train/diffusion_bpd": bpd(bound.diffusion),
   }
   return objective, metrics
 
@@ -213,9 +209,12 @@ def make_train_step(model: model_lib.VDM, optimizer: optax.GradientTransformatio
 
   unroll: run the S steps as S unrolled copies instead of `lax.scan` (compile time grows with S).
   Default: unrolled on CPU, where a scanned backward pass is much slower, scanned elsewhere.
+  label_dropout: must be 0; label dropout is the model's (config.model.label_dropout).
   """
-  grad_fn = jax.value_and_grad(
-      functools.partial(loss_fn, model, train=True, label_dropout=label_dropout), has_aux=True)
+  if label_dropout:
+    raise ValueError("label dropout is a model setting: set config.model.label_dropout "
+                     f"(got label_dropout={label_dropout} here).")
+  grad_fn = jax.value_and_grad(functools.partial(loss_fn, model, train=True), has_aux=True)
 
   def one_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -283,15 +282,22 @@ compiled_train_step.__doc__ = "`make_train_step`, memoised on its (hashable) arg
 
 
 @functools.lru_cache(maxsize=8)
-def _init_fn(model, optimizer, seed: int, mesh):
-  return jax.jit(functools.partial(create_train_state, model, optimizer, seed),
+def _init_params_fn(model, mesh):
+  return jax.jit(lambda key: model_lib.init(model, key)["params"],
                  out_shardings=parallel.replicated(mesh))
 
 
 def init_state(model: model_lib.VDM, optimizer: optax.GradientTransformation, seed: int,
                mesh: jax.sharding.Mesh) -> TrainState:
-  """`create_train_state`, compiled, with every leaf replicated over the mesh."""
-  return _init_fn(model, optimizer, int(seed), mesh)()
+  """`create_train_state(model, optimizer, seed)`, compiled, with every leaf replicated over
+  the mesh (the parameter initialisation is compiled once per model and mesh)."""
+  key_init, key_train = jax.random.split(jax.random.PRNGKey(int(seed)))
+  params = _init_params_fn(model, mesh)(key_init)
+  repl = parallel.replicated(mesh)
+  ema, opt_state = jax.jit(lambda p: (jax.tree.map(jnp.copy, p), optimizer.init(p)),
+                           out_shardings=repl)(params)
+  return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), repl), params=params,
+                    ema_params=ema, opt_state=opt_state, rng=jax.device_put(key_train, repl))
 
 
 def abstract_state(model: model_lib.VDM, optimizer: optax.GradientTransformation, seed: int,
@@ -324,17 +330,16 @@ def validate_config(config: ml_collections.ConfigDict,
                      "set --config.model.gamma_min below --config.model.gamma_max "
                      "(e.g. -13.3 and 5.0).")
   weighting = _cfg_get(m, "weighting", "elbo")
-  if weighting not in WEIGHTINGS:
-    raise ValueError(f"config.model.weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
+  if weighting not in losses.WEIGHTINGS:
+    raise ValueError(f"config.model.weighting must be one of {losses.WEIGHTINGS}, got "
+                     f"{weighting!r}.")
   objective = _cfg_get(m, "schedule_objective", "elbo")
-  if objective not in SCHEDULE_OBJECTIVES:
-    raise ValueError(f"config.model.schedule_objective must be one of {SCHEDULE_OBJECTIVES}, "
-                     f"got {objective!r}.")
-  for field, value, default in (("weighting", weighting, "elbo"),
-                                ("schedule_objective", objective, "elbo")):
-    if value != default and field not in model_lib.VDM.__dataclass_fields__:
-      raise ValueError(f"config.model.{field}={value!r} is not supported by this version of "
-                       f"vdm_jax.model.VDM; set --config.model.{field}={default}.")
+  if objective not in losses.SCHEDULE_OBJECTIVES:
+    raise ValueError(f"config.model.schedule_objective must be one of "
+                     f"{losses.SCHEDULE_OBJECTIVES}, got {objective!r}.")
+  if _cfg_get(config.training, "label_dropout", 0.0):
+    raise ValueError("config.training.label_dropout is not used: label dropout is a model "
+                     "setting, set config.model.label_dropout instead.")
 
   info = _dataset_info(config)   # ValueError for an unknown dataset name
   shape = tuple(_cfg_get(m, "image_shape", (28, 28, 1)))
@@ -568,8 +573,7 @@ def _train_loop(config, workdir: Path, model, mesh, writer, ckpt, num_steps, glo
   sample_every = int(_cfg_get(t, "sample_every", 0) or 0)
   train_step = compiled_train_step(model, optimizer, mesh,
                                ema_rate=float(_cfg_get(ocfg, "ema_rate", 0.9999)),
-                               lr_schedule=lr_fn,
-                               label_dropout=float(_cfg_get(t, "label_dropout", 0.0)))
+                               lr_schedule=lr_fn)
   train_iter = data.get_dataset(config.data.name, "train", batch, seed=seed, data_dir=data_dir,
                                 start_batch=step)
   eval_key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)

@@ -21,11 +21,11 @@ def get_config():
                 dropout=0.1, with_fourier_features=True, fourier_freqs=(6, 7), input_skip=False,
                 remat=False),
       image_shape=(32, 32, 3), vocab_size=256, schedule="learned_linear",
-      gamma_min=-13.3, gamma_max=5.0, T=0, antithetic=True, num_classes=0, dtype="float32",
-      weighting="elbo", schedule_objective="elbo")
+      gamma_min=-13.3, gamma_max=5.0, T=0, antithetic=True, num_classes=0, label_dropout=0.0,
+      dtype="float32", weighting="elbo", sigmoid_bias=2.0, schedule_objective="elbo")
   c.training = dict(seed=0, batch_size=128, num_steps=1_000_000, steps_per_call=100,
                     log_every=1000, eval_every=20_000, checkpoint_every=10_000,
-                    sample_every=20_000, keep_checkpoints=3, label_dropout=0.0)
+                    sample_every=20_000, keep_checkpoints=3)
   c.optimizer = dict(lr=2e-4, warmup_steps=1000, decay="none", weight_decay=0.01,
                      ema_rate=0.9999, grad_clip=1.0)
   c.eval = dict(num_time_samples=4, batch_size=512, T=placeholder(int),

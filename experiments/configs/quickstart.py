@@ -29,13 +29,12 @@ def get_config():
       unet=dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
                 with_fourier_features=True, fourier_freqs=(6, 7), input_skip=False, remat=False),
       image_shape=(28, 28, 1), vocab_size=256, schedule="learned_linear",
-      gamma_min=-13.3, gamma_max=5.0, T=0, antithetic=True, num_classes=0, dtype="float32",
-      weighting="elbo", schedule_objective="elbo")
+      gamma_min=-13.3, gamma_max=5.0, T=0, antithetic=True, num_classes=0, label_dropout=0.0,
+      dtype="float32", weighting="elbo", sigmoid_bias=2.0, schedule_objective="elbo")
   # steps_per_call=1: on CPU the steps of a call are unrolled (see train.make_train_step), so
   # compile time grows with it.
   c.training = dict(seed=0, batch_size=64, num_steps=1000, steps_per_call=1, log_every=100,
-                    eval_every=0, checkpoint_every=500, sample_every=0, keep_checkpoints=2,
-                    label_dropout=0.0)
+                    eval_every=0, checkpoint_every=500, sample_every=0, keep_checkpoints=2)
   c.optimizer = dict(lr=3e-3, warmup_steps=100, decay="cosine", weight_decay=0.01,
                      ema_rate=0.999, grad_clip=1.0)
   c.eval = dict(num_time_samples=1, batch_size=1000, T=placeholder(int),
