@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdm_jax.nets import conv as conv_lib
+
 Dtype = Any
 
 zeros_init = nn.initializers.zeros
@@ -103,9 +105,16 @@ def group_norm(channels: int, name: str, dtype: Dtype = jnp.float32,
 
 
 def conv3x3(features: int, name: str, dtype: Dtype, *, strides: int = 1,
-            zero: bool = False) -> nn.Conv:
-  """3x3 'SAME' conv with float32 params; zero-initialised kernel when `zero`."""
+            zero: bool = False, fast_grad: bool = False) -> nn.Conv:
+  """3x3 'SAME' conv with float32 params; zero-initialised kernel when `zero`.
+
+  fast_grad: compute with `conv.conv_general_dilated`, whose backward pass XLA:CPU runs on its
+    fast path inside loops (scanned blocks); reverse-mode only (no jax.jvp). Same parameters and
+    outputs either way.
+  """
   kw = dict(kernel_init=zeros_init) if zero else {}
+  if fast_grad:
+    kw["conv_general_dilated"] = conv_lib.conv_general_dilated
   return nn.Conv(features, kernel_size=(3, 3), strides=(strides, strides), padding="SAME",
                  dtype=dtype, param_dtype=jnp.float32, name=name, **kw)
 
@@ -159,11 +168,13 @@ class ResnetBlock(nn.Module):
   The skip path is a 1x1 projection (`nin_shortcut`) when the channel count changes. The
   conditioning projection and the second conv are zero-initialised (as in the official code),
   so the block is the identity (or the 1x1 projection) at initialisation.
+  `fast_conv_grad`: see `conv3x3` (fast_grad).
   """
   out_ch: Optional[int] = None
   dropout: float = 0.0
   deterministic: bool = True
   dtype: Dtype = jnp.float32
+  fast_conv_grad: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, cond: Optional[jax.Array]) -> jax.Array:
@@ -171,14 +182,14 @@ class ResnetBlock(nn.Module):
     c_in = x.shape[-1]
     out_ch = c_in if self.out_ch is None else self.out_ch
     h = nn.swish(group_norm(c_in, "norm1", self.dtype)(x))
-    h = conv3x3(out_ch, "conv1", self.dtype)(h)
+    h = conv3x3(out_ch, "conv1", self.dtype, fast_grad=self.fast_conv_grad)(h)
     if cond is not None:
       h = h + dense(out_ch, "cond_proj", self.dtype, use_bias=False, zero=True)(
           cond)[:, None, None, :]
     h = nn.swish(group_norm(out_ch, "norm2", self.dtype)(h))
     if self.dropout > 0:
       h = nn.Dropout(rate=self.dropout)(h, deterministic=self.deterministic)
-    h = conv3x3(out_ch, "conv2", self.dtype, zero=True)(h)
+    h = conv3x3(out_ch, "conv2", self.dtype, zero=True, fast_grad=self.fast_conv_grad)(h)
     if c_in != out_ch:
       x = dense(out_ch, "nin_shortcut", self.dtype)(x)
     return x + h
@@ -229,10 +240,12 @@ def input_features(z: jax.Array, with_fourier_features: bool, freqs: Sequence[in
   return h.astype(dtype)
 
 
-def output_head(h: jax.Array, z: jax.Array, dtype: Dtype, input_skip: bool) -> jax.Array:
+def output_head(h: jax.Array, z: jax.Array, dtype: Dtype, input_skip: bool,
+                fast_conv_grad: bool = False) -> jax.Array:
   """GN, swish, zero-initialised conv3x3 to z's channels; float32 out; optionally + z."""
   h = nn.swish(group_norm(h.shape[-1], "norm_out", dtype)(h))
-  out = conv3x3(z.shape[-1], "conv_out", dtype, zero=True)(h).astype(jnp.float32)
+  out = conv3x3(z.shape[-1], "conv_out", dtype, zero=True, fast_grad=fast_conv_grad)(h).astype(
+      jnp.float32)
   if input_skip:
     out = out + jnp.asarray(z, jnp.float32)
   return out

@@ -30,10 +30,12 @@ class DownBlock(nn.Module):
   dropout: float = 0.0
   deterministic: bool = True
   dtype: Dtype = jnp.float32
+  fast_conv_grad: bool = False
 
   @nn.compact
   def __call__(self, h: jax.Array, cond: jax.Array):
-    h = ResnetBlock(self.n_embd, self.dropout, self.deterministic, self.dtype, name="block")(h, cond)
+    h = ResnetBlock(self.n_embd, self.dropout, self.deterministic, self.dtype,
+                    self.fast_conv_grad, name="block")(h, cond)
     if self.with_attention:
       h = AttnBlock(self.dtype, name="attn")(h)
     return h, h
@@ -46,11 +48,13 @@ class UpBlock(nn.Module):
   dropout: float = 0.0
   deterministic: bool = True
   dtype: Dtype = jnp.float32
+  fast_conv_grad: bool = False
 
   @nn.compact
   def __call__(self, h: jax.Array, skip: jax.Array, cond: jax.Array):
     h = jnp.concatenate([h, skip.astype(h.dtype)], axis=-1)
-    h = ResnetBlock(self.n_embd, self.dropout, self.deterministic, self.dtype, name="block")(h, cond)
+    h = ResnetBlock(self.n_embd, self.dropout, self.deterministic, self.dtype,
+                    self.fast_conv_grad, name="block")(h, cond)
     if self.with_attention:
       h = AttnBlock(self.dtype, name="attn")(h)
     return h, None
@@ -88,6 +92,11 @@ class VDMScoreNet(nn.Module):
     scan: stack the identical down/up blocks with nn.scan (params with a leading layer axis:
       'down' has n_layer, 'up' has n_layer + 1 entries). scan=False builds an unrolled network
       ('down_0', ..., 'up_0', ...) computing the same function; its compile time grows with depth.
+    fast_conv_grad: compute the convolutions with `nets.conv.conv_general_dilated`, whose
+      backward convolutions XLA:CPU keeps on its fast path inside loops (the scanned blocks'
+      backward pass is otherwise 25-40x slower on CPU; other platforms use JAX's own backward
+      pass either way). Same parameters and outputs. It is a custom VJP: set False to take
+      forward-mode derivatives (jax.jvp) through the network.
   """
   n_embd: int = 128
   n_layer: int = 32
@@ -100,6 +109,7 @@ class VDMScoreNet(nn.Module):
   dtype: Dtype = jnp.float32
   remat: bool = False
   scan: bool = True
+  fast_conv_grad: bool = True
 
   @nn.compact
   def __call__(self, z: jax.Array, cond: jax.Array, label: Optional[jax.Array] = None,
@@ -111,10 +121,11 @@ class VDMScoreNet(nn.Module):
         cond, label)
 
     h = input_features(z, self.with_fourier_features, self.fourier_freqs, self.dtype)
-    h0 = conv3x3(self.n_embd, "conv_in", self.dtype)(h)
+    fast = self.fast_conv_grad
+    h0 = conv3x3(self.n_embd, "conv_in", self.dtype, fast_grad=fast)(h)
 
     kw = dict(n_embd=self.n_embd, with_attention=self.with_attention, dropout=self.dropout,
-              deterministic=not train, dtype=self.dtype)
+              deterministic=not train, dtype=self.dtype, fast_conv_grad=fast)
     down_cls, up_cls = DownBlock, UpBlock
     if self.remat:
       # prevent_cse is only needed outside scan (scan already stops CSE across the remat boundary).
@@ -133,9 +144,9 @@ class VDMScoreNet(nn.Module):
         h, _ = down_cls(**kw, name=f"down_{i}")(h, c)
         hs.append(h)
 
-    h = ResnetBlock(None, self.dropout, not train, self.dtype, name="mid_block1")(h, c)
+    h = ResnetBlock(None, self.dropout, not train, self.dtype, fast, name="mid_block1")(h, c)
     h = AttnBlock(self.dtype, name="mid_attn")(h)
-    h = ResnetBlock(None, self.dropout, not train, self.dtype, name="mid_block2")(h, c)
+    h = ResnetBlock(None, self.dropout, not train, self.dtype, fast, name="mid_block2")(h, c)
 
     if self.scan:
       up = nn.scan(up_cls, in_axes=(0, nn.broadcast), length=self.n_layer + 1, **scan_kw)
@@ -144,7 +155,7 @@ class VDMScoreNet(nn.Module):
       for i in range(self.n_layer + 1):
         h, _ = up_cls(**kw, name=f"up_{i}")(h, hs.pop(), c)
 
-    return output_head(h, z, self.dtype, self.input_skip)
+    return output_head(h, z, self.dtype, self.input_skip, fast)
 
 
 def unscanned_to_scanned(params, n_layer: int):
