@@ -1,0 +1,486 @@
+"""Throughput, compile time, sampling speed and peak memory of one named config, as ONE JSON object.
+
+    python benchmarks/bench.py --config=small --what=train
+    python benchmarks/bench.py --config=paper --what=train --remat=true
+    python benchmarks/bench.py --config=small --what=sample --sample_T=20
+    python benchmarks/bench.py --config=quickstart --what=eval
+
+Configs (see `CONFIGS`):
+  quickstart  experiments/configs/quickstart.py as it is (its batch size).
+  small       the reference small model: VDMScoreNet n_embd=64, n_layer=4, Fourier features,
+              28x28x1, batch 64 (1.32M parameters).
+  paper       the paper's CIFAR-10 model: VDMScoreNet n_embd=128, n_layer=32, Fourier features,
+              dropout 0.1, 32x32x3, batch 8 (30.6M parameters).
+
+What is measured (one device, the first of `jax.devices()`):
+  train   the real step: `train.make_train_step` (AdamW from `train.make_optimizer`, EMA, clipping,
+          metrics), jitted, one optimizer step per call. `compile_s` is trace + lowering + XLA
+          compile of that step; `step_s` the median of `--steps` timed calls after `--warmup`
+          untimed ones (each call waits for its result).
+  sample  `sampling.sample_model` with 16 images (`--sample_batch`), one whole compiled chain of
+          `--sample_T` steps per sampler (ancestral, ddim with eta=0); the chain time (median of
+          `--sample_repeats` calls after the compiling one) divided by the steps is
+          `sample_step_s`; compile time is reported apart.
+  eval    `evaluation.evaluate` (negative ELBO per image, one time sample) over `--eval_batches`
+          batches of `--eval_batch_size` random images after a compiling call.
+
+`peak_rss_mib` is the process's peak resident memory (ru_maxrss), so run one config and one `what`
+per process. Nothing here sets XLA_FLAGS: whatever the environment sets is reported.
+Random data (uint8 images) and freshly initialised parameters: the speed does not depend on them.
+`--workdir` restores the EMA parameters of a run's latest checkpoint instead, with the run's own
+config (`<workdir>/config.json`), e.g. for sample grids of a trained model with DDIM and 50 steps:
+`--what=sample --workdir=/tmp/qs --sample_T=50 --png=/tmp/qs_samples.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import functools
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vdm_jax import evaluation, parallel, sampling, train  # noqa: E402
+from vdm_jax import model as model_lib  # noqa: E402
+
+
+# ============================================================================ configs
+
+
+def _common(image_shape, batch_size, network, net_kwargs, dataset):
+  c = ml_collections.ConfigDict()
+  c.data = dict(name=dataset, data_dir=ml_collections.config_dict.placeholder(str))
+  c.model = dict(network=network, **{network: net_kwargs}, image_shape=image_shape,
+                 vocab_size=256, schedule="learned_linear", gamma_min=-13.3, gamma_max=5.0,
+                 T=0, antithetic=True, num_classes=0, dtype="float32")
+  c.training = dict(seed=0, batch_size=batch_size, num_steps=1_000_000, steps_per_call=1,
+                    label_dropout=0.0)
+  # The official VDM optimizer settings (AdamW, lr 2e-4, clipping at 1, EMA 0.9999).
+  c.optimizer = dict(lr=2e-4, warmup_steps=100, decay="none", weight_decay=0.01,
+                     ema_rate=0.9999, grad_clip=1.0)
+  c.eval = dict(num_time_samples=1, batch_size=batch_size)
+  c.sampling = dict(sampler="ancestral", T=256, num_samples=16, eta=1.0)
+  return ml_collections.ConfigDict(c)
+
+
+def small_config():
+  """The reference small model (the official code's small VDM network, 1.32M parameters)."""
+  return _common((28, 28, 1), 64, "vdm_unet",
+                 dict(n_embd=64, n_layer=4, with_fourier_features=True, with_attention=False,
+                      dropout=0.1), "fashion_mnist")
+
+
+def paper_config():
+  """The paper's CIFAR-10 network (30.6M parameters), batch 8."""
+  return _common((32, 32, 3), 8, "vdm_unet",
+                 dict(n_embd=128, n_layer=32, with_fourier_features=True, with_attention=False,
+                      dropout=0.1), "cifar10")
+
+
+def quickstart_config():
+  path = REPO / "experiments" / "configs" / "quickstart.py"
+  spec = importlib.util.spec_from_file_location("quickstart_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+CONFIGS = {"quickstart": quickstart_config, "small": small_config, "paper": paper_config}
+# Default sampling chain length per config (the paper model costs seconds per step on a CPU).
+SAMPLE_T = {"quickstart": 20, "small": 20, "paper": 4}
+
+
+def _parse_bool(s: str) -> bool:
+  if s.lower() in ("1", "true", "yes", "on"):
+    return True
+  if s.lower() in ("0", "false", "no", "off"):
+    return False
+  raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def _apply_override(cfg, item: str) -> None:
+  """'model.vdm_unet.n_layer=8' -> cfg.model.vdm_unet.n_layer = 8 (value parsed as a literal)."""
+  key, _, raw = item.partition("=")
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    value = raw
+  *parents, leaf = key.split(".")
+  node = cfg
+  for p in parents:
+    node = node[p]
+  with node.unlocked() if hasattr(node, "unlocked") else _nullctx():
+    node[leaf] = value
+
+
+class _nullctx:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *a):
+    return False
+
+
+def _tuples(x):
+  if isinstance(x, dict):
+    return {k: _tuples(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_tuples(v) for v in x)
+  return x
+
+
+def build_config(args):
+  run_config = Path(args.workdir) / "config.json" if getattr(args, "workdir", None) else None
+  if run_config is not None and run_config.is_file():
+    # A trained run: its own resolved config, so that the checkpoint matches the model.
+    cfg = ml_collections.ConfigDict(_tuples(json.loads(run_config.read_text())))
+  else:
+    cfg = CONFIGS[args.config]()
+  net = cfg.model.network
+  if args.batch_size:
+    cfg.training.batch_size = args.batch_size
+  if args.dtype:
+    cfg.model.dtype = args.dtype
+  if args.remat is not None:
+    cfg.model[net]["remat"] = args.remat
+  if args.scan is not None:
+    if net != "vdm_unet":
+      raise SystemExit("--scan applies to the vdm_unet network only")
+    cfg.model[net]["scan"] = args.scan
+  for item in args.set or ():
+    _apply_override(cfg, item)
+  return cfg
+
+
+# ============================================================================ helpers
+
+
+class CompileTimer:
+  """Sums JAX's own trace / lowering / XLA-compile durations (jax.monitoring events)."""
+  EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
+            "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+            "/jax/core/compile/backend_compile_duration": "xla_compile_s"}
+
+  def __init__(self):
+    self.totals = {v: 0.0 for v in self.EVENTS.values()}
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+  def _listen(self, event, duration, **kwargs):
+    name = self.EVENTS.get(event)
+    if name is not None:
+      self.totals[name] += duration
+
+  def reset(self):
+    for k in self.totals:
+      self.totals[k] = 0.0
+
+  def snapshot(self) -> dict:
+    out = {k: round(v, 3) for k, v in self.totals.items()}
+    out["compile_s"] = round(sum(self.totals.values()), 3)
+    return out
+
+
+class CpuWatch:
+  """Cores' worth of CPU used by OTHER processes while the benchmark ran (Linux /proc/stat):
+  (busy CPU seconds of the machine - this process's CPU seconds) / wall seconds. Near 0 on a
+  quiet machine; a shared machine makes every timing here slower."""
+
+  def __init__(self):
+    self.start = self._read()
+
+  @staticmethod
+  def _read():
+    try:
+      with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+      return None
+    tick = os.sysconf("SC_CLK_TCK")
+    busy = (sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)) / tick
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return busy, ru.ru_utime + ru.ru_stime, time.perf_counter()
+
+  def other_load(self):
+    end = self._read()
+    if self.start is None or end is None or end[2] <= self.start[2]:
+      return None
+    other = (end[0] - self.start[0]) - (end[1] - self.start[1])
+    return round(max(0.0, other) / (end[2] - self.start[2]), 2)
+
+
+def peak_rss_mib() -> float:
+  ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  # Linux reports KiB, macOS bytes.
+  return round(ru / (1024.0 * 1024.0) if sys.platform == "darwin" else ru / 1024.0, 1)
+
+
+def device_info() -> dict:
+  d = jax.devices()[0]
+  info = {"device": f"{d.platform}:{d.device_kind}", "platform": d.platform,
+          "device_kind": d.device_kind, "num_devices_visible": jax.device_count(),
+          "jax": jax.__version__, "cpu_count": os.cpu_count(), "host": platform.node()}
+  if os.environ.get("XLA_FLAGS"):
+    info["xla_flags"] = os.environ["XLA_FLAGS"]
+  return info
+
+
+def random_images(rng, batch, shape, vocab_size):
+  return rng.integers(0, vocab_size, (batch, *shape), dtype=np.int64).astype(
+      np.uint8 if vocab_size <= 256 else np.int32)
+
+
+def timed(fn, n):
+  """Runs fn() n times (each waits for its outputs); returns the list of seconds."""
+  times = []
+  for _ in range(n):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def summary(times):
+  return {"median": statistics.median(times), "min": min(times), "max": max(times),
+          "n": len(times)}
+
+
+def r(x, nd=4):
+  return float(f"{x:.{nd}g}")
+
+
+def init_params(model, cfg, args, mesh):
+  """EMA parameters of a checkpoint (`--workdir`) or freshly initialised ones."""
+  if args.workdir:
+    _, state, step = train.restore_ema_params(cfg, args.workdir, mesh=mesh)
+    return state.ema_params, {"checkpoint": str(args.workdir), "checkpoint_step": step}
+  key = jax.random.PRNGKey(int(cfg.training.seed))
+  params = jax.jit(lambda k: model_lib.init(model, k)["params"])(key)
+  return params, {}
+
+
+# ============================================================================ benchmarks
+
+
+def bench_train(cfg, model, args, mesh, timer) -> dict:
+  batch = int(cfg.training.batch_size)
+  num_steps = int(cfg.training.num_steps)
+  optimizer = train.make_optimizer(cfg.optimizer, num_steps)
+  lr_fn = train.learning_rate_schedule(cfg.optimizer, num_steps)
+  state = train.init_state(model, optimizer, int(cfg.training.seed), mesh)
+  jax.block_until_ready(state)
+  step_fn = train.make_train_step(
+      model, optimizer, mesh, ema_rate=float(cfg.optimizer.ema_rate), lr_schedule=lr_fn,
+      label_dropout=float(cfg.training.get("label_dropout", 0.0)))
+  rng = np.random.default_rng(0)
+  host = {"image": random_images(rng, batch, model.image_shape, model.vocab_size)[None]}
+  if model.num_classes:
+    host["label"] = rng.integers(0, model.num_classes, (1, batch)).astype(np.int32)
+  batches = parallel.shard_batch(host, mesh, batch_dim=1)
+
+  timer.reset()
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, batches).compile()
+  compile_wall = time.perf_counter() - t0
+  compile_info = timer.snapshot()
+
+  holder = {"state": state}
+
+  def one():
+    holder["state"], metrics = compiled(holder["state"], batches)
+    return holder["state"], metrics
+
+  t0 = time.perf_counter()
+  _, metrics = jax.block_until_ready(one())
+  first_step = time.perf_counter() - t0
+  timed(one, args.warmup)
+  times = timed(one, args.steps)
+  _, metrics = jax.block_until_ready(one())
+  step_s = statistics.median(times)
+  out = {
+      "param_count": model_lib.param_count(holder["state"].params),
+      **compile_info,
+      "compile_wall_s": r(compile_wall),
+      "first_step_s": r(first_step),
+      "step_s": r(step_s),
+      "step_s_stats": {k: (r(v) if isinstance(v, float) else v) for k, v in summary(times).items()},
+      "images_per_s": r(batch / step_s),
+      "loss_finite": bool(np.all(np.asarray(metrics["train/finite"]))),
+      "train_bpd": r(float(np.asarray(metrics["train/bpd"])[-1])),
+  }
+  if args.flops:
+    try:
+      cost = compiled.cost_analysis()
+      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+      out["hlo_flops_per_step"] = float(cost.get("flops", float("nan")))
+    except Exception as e:  # cost analysis is best effort
+      out["hlo_flops_per_step"] = f"unavailable: {e}"
+  if args.profile:
+    jax.profiler.start_trace(args.profile)
+    timed(one, 3)
+    jax.profiler.stop_trace()
+    out["profile"] = args.profile
+  return out
+
+
+def bench_sample(cfg, model, args, mesh, timer) -> dict:
+  params, extra = init_params(model, cfg, args, mesh)
+  variables = {"params": params}
+  n = args.sample_batch
+  T = args.sample_T or SAMPLE_T[args.config]
+  labels = (jnp.arange(n, dtype=jnp.int32) % model.num_classes) if model.num_classes else None
+  out = {"param_count": model_lib.param_count(params), "sample_T": T, "sample_batch": n,
+         **extra}
+  per_sampler = {}
+  compile_total = 0.0
+  grids = {}
+  for sampler in args.samplers.split(","):
+    key = jax.random.PRNGKey(args.seed)
+    run = functools.partial(sampling.sample_model, model, variables, key, n, T=T,
+                            sampler=sampler, labels=labels)
+    timer.reset()
+    t0 = time.perf_counter()
+    images = jax.block_until_ready(run())
+    first = time.perf_counter() - t0
+    info = timer.snapshot()
+    times = timed(run, args.sample_repeats)
+    chain = statistics.median(times)
+    per_sampler[sampler] = {
+        "chain_s": r(chain), "sample_step_s": r(chain / T), "s_per_image": r(chain / n),
+        "s_per_image_step": r(chain / T / n), "compile_s": info["compile_s"],
+        "first_call_s": r(first),
+    }
+    compile_total += info["compile_s"]
+    grids[sampler] = np.asarray(images)
+  out["samplers"] = per_sampler
+  out["sample_step_s"] = {s: v["sample_step_s"] for s, v in per_sampler.items()}
+  out["compile_s"] = round(compile_total, 3)
+  first = next(iter(per_sampler.values()))
+  out["step_s"] = first["sample_step_s"]
+  out["images_per_s"] = r(n / first["chain_s"])
+  if args.png:
+    from vdm_jax import logging_utils
+    for sampler, images in grids.items():
+      path = Path(args.png)
+      path = path.with_name(f"{path.stem}_{sampler}_T{T}{path.suffix or '.png'}")
+      logging_utils.save_image_grid(images, path, vocab_size=model.vocab_size)
+      out.setdefault("png", []).append(str(path))
+  return out
+
+
+def bench_eval(cfg, model, args, mesh, timer) -> dict:
+  params, extra = init_params(model, cfg, args, mesh)
+  variables = {"params": params}
+  batch = args.eval_batch_size or int(cfg.training.batch_size)
+  rng = np.random.default_rng(1)
+
+  def batches(k):
+    for _ in range(k):
+      b = {"image": random_images(rng, batch, model.image_shape, model.vocab_size),
+           "mask": np.ones((batch,), bool)}
+      if model.num_classes:
+        b["label"] = rng.integers(0, model.num_classes, (batch,)).astype(np.int32)
+      yield b
+
+  put = lambda b: parallel.shard_batch(b, mesh)
+  key = jax.random.PRNGKey(args.seed)
+  timer.reset()
+  t0 = time.perf_counter()
+  evaluation.evaluate(model, variables, batches(1), key, put_batch=put)
+  first = time.perf_counter() - t0
+  info = timer.snapshot()
+  times = []
+  for _ in range(args.eval_repeats):
+    t0 = time.perf_counter()
+    res = evaluation.evaluate(model, variables, batches(args.eval_batches), key, put_batch=put)
+    times.append(time.perf_counter() - t0)
+  per_call = statistics.median(times)
+  images = batch * args.eval_batches
+  return {"param_count": model_lib.param_count(params), **extra, **info,
+          "first_call_s": r(first), "eval_batch_size": batch, "eval_batches": args.eval_batches,
+          "step_s": r(per_call / args.eval_batches), "images_per_s": r(images / per_call),
+          "eval_images_per_s": r(images / per_call), "bpd_of_random_images": r(res["bpd"])}
+
+
+# ============================================================================ main
+
+
+def main(argv=None) -> dict:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", choices=sorted(CONFIGS), required=True)
+  p.add_argument("--what", choices=("train", "sample", "eval"), default="train")
+  p.add_argument("--batch_size", type=int, default=None, help="training batch (default: config)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                 help="compute dtype of the network (parameters stay float32)")
+  p.add_argument("--remat", type=_parse_bool, default=None,
+                 help="rematerialise the network's blocks in the backward pass (default: config)")
+  p.add_argument("--scan", type=_parse_bool, default=None,
+                 help="vdm_unet: stack the blocks with nn.scan (default: config / True)")
+  p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                 help="config override, e.g. --set model.vdm_unet.n_layer=8 (repeatable)")
+  p.add_argument("--steps", type=int, default=10, help="timed train steps (median reported)")
+  p.add_argument("--warmup", type=int, default=2, help="untimed train steps after the first")
+  p.add_argument("--sample_T", type=int, default=None,
+                 help="steps of the timed sampling chain (default: 20; paper: 4)")
+  p.add_argument("--sample_batch", type=int, default=16)
+  p.add_argument("--sample_repeats", type=int, default=3)
+  p.add_argument("--samplers", default="ancestral,ddim")
+  p.add_argument("--eval_batch_size", type=int, default=None)
+  p.add_argument("--eval_batches", type=int, default=4)
+  p.add_argument("--eval_repeats", type=int, default=3)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--workdir", default=None,
+                 help="sample/eval: restore the EMA parameters of this run's latest checkpoint")
+  p.add_argument("--png", default=None, help="sample: write the sample grids next to this path")
+  p.add_argument("--profile", default=None, help="train: jax.profiler trace of 3 steps here")
+  p.add_argument("--flops", action="store_true", help="train: XLA's flop count of the step")
+  p.add_argument("--out", default=None, help="also append the JSON line to this file")
+  args = p.parse_args(argv)
+
+  timer = CompileTimer()
+  cfg = build_config(args)
+  model = model_lib.from_config(cfg.model)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  net_cfg = dict(cfg.model[cfg.model.network])
+  result = {
+      **device_info(), "config": args.config, "what": args.what,
+      "batch_size": (args.sample_batch if args.what == "sample" else
+                     (args.eval_batch_size or int(cfg.training.batch_size))
+                     if args.what == "eval" else int(cfg.training.batch_size)),
+      "network": cfg.model.network, "dtype": cfg.model.get("dtype", "float32"),
+      "remat": bool(net_cfg.get("remat", False)),
+      "scan": bool(net_cfg.get("scan", True)) if cfg.model.network == "vdm_unet" else None,
+      "image_shape": list(model.image_shape),
+  }
+  bench = {"train": bench_train, "sample": bench_sample, "eval": bench_eval}[args.what]
+  t0 = time.perf_counter()
+  watch = CpuWatch()
+  result.update(bench(cfg, model, args, mesh, timer))
+  result["total_s"] = r(time.perf_counter() - t0)
+  result["other_processes_cpu_cores"] = watch.other_load()
+  result["peak_rss_mib"] = peak_rss_mib()
+  line = json.dumps(result)
+  print(line, flush=True)
+  if args.out:
+    with open(args.out, "a") as f:
+      f.write(line + "\n")
+  return result
+
+
+if __name__ == "__main__":
+  main()
