@@ -9,13 +9,14 @@ Pieces, usable on their own:
 * `make_optimizer(config.optimizer, num_steps)`: gradient clipping by global norm, then AdamW
   (b1 0.9, b2 0.99, eps 1e-8) with linear warm-up and optional linear / cosine decay; weight
   decay on weights only (not on biases, norm scales, or the noise schedule's parameters).
-* `loss_fn(model, params, batch, rng, train=True)`: the training objective (the mean negative
-  ELBO in nats) and its metrics. The only place the objective is defined.
+* `loss_fn(model, params, batch, rng, train=True)`: the training objective (`VDM.objective`:
+  the mean negative ELBO in nats unless config.model.weighting / schedule_objective say
+  otherwise) and its metrics (the bound in bpd). The one function the step takes its loss from.
 * `make_train_step(model, optimizer, mesh, ema_rate=...)`: ONE `jax.jit` function that runs
-  `lax.scan` over a stacked batch [steps, B, ...] (several optimizer steps per call), with the
-  batch split over the mesh's 'data' axis, the state replicated and donated. Each step's random
-  key is `fold_in(state.rng, state.step)`, so the numbers do not depend on the device count, on
-  how many steps run per call, or on where a run was resumed.
+  `lax.scan` over a stacked batch [steps, B, ...] (several optimizer steps per call; unrolled
+  on CPU), with the batch split over the mesh's 'data' axis, the state replicated and donated.
+  Each step's random key is `fold_in(state.rng, state.step)`, so the numbers do not depend on
+  the device count, on how many steps run per call, or on where a run was resumed.
 * `evaluate_params`, `sample_params`: test-set bpd (with its standard error) and sample grids.
 * `train_and_evaluate(config, workdir)`, `evaluate_checkpoint`, `sample_checkpoint`: what the CLI
   (`python -m experiments.train`) runs.
