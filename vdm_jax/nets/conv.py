@@ -11,11 +11,13 @@ dominated by them.
 `conv_general_dilated` below has `lax.conv_general_dilated`'s signature (so it plugs into
 `flax.linen.Conv(conv_general_dilated=...)`). For the case the networks use (2-D, NHWC input,
 HWIO kernel, stride 1, no dilation, no grouping) it is a `jax.custom_vjp` whose backward pass
-writes both gradients as convolutions already in the canonical form, with explicit (cheap)
-transposes of the kernel, the input and the output gradient. On other platforms (GPU / TPU,
-chosen when the program is lowered, `lax.platform_dependent`) the backward pass is JAX's own, so
-the convolution rewrites of those compilers (e.g. cuDNN backward-filter) still apply. Every
-other case falls through to `lax.conv_general_dilated`.
+writes the input gradient as a convolution already in the canonical form (an explicit, cheap
+transpose of the kernel) and the kernel gradient as one matmul over shifted copies of the output
+gradient (`_kernel_grad_matmul`; 1.3-1.4x faster train steps of the VDM networks on CPU than
+the equivalent canonical convolution). On other platforms (GPU / TPU, chosen when the program
+is lowered, `lax.platform_dependent`) the backward pass is JAX's own, so the convolution
+rewrites of those compilers (e.g. cuDNN backward-filter) still apply. Every other case falls
+through to `lax.conv_general_dilated`.
 
 The forward pass is the same `lax.conv_general_dilated` call, so outputs are bitwise identical;
 gradients agree with JAX's to float rounding. Being a `custom_vjp`, it supports reverse-mode
@@ -48,13 +50,33 @@ def _canonical_grads(x, w, g, pads, precision):
   w_t = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
   dx_pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), pads))
   dx = _conv(g, w_t, dx_pads, precision)
-  # Kernel gradient: dw[a, b, i, o] = sum_{n,y,x} x_pad[n, y + a, x + b, i] g[n, y, x, o], a
-  # convolution of x^T [I, H, W, N] (input channels as the batch) with g^T [Ho, Wo, N, O].
-  x_t = jnp.transpose(x, (3, 1, 2, 0))
-  g_t = jnp.transpose(g, (1, 2, 0, 3))
-  dw = _conv(x_t, g_t, pads, precision)                 # [I, kh, kw, O]
-  dw = jnp.transpose(dw, (1, 2, 0, 3))
+  dw = _kernel_grad_matmul(x, g, (kh, kw), pads, precision)
   return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+def _kernel_grad_matmul(x, g, kernel_size, pads, precision):
+  """dw[a, b, i, o] = sum_{n,y,x} x_pad[n, y + a, x + b, i] g[n, y, x, o] as ONE matmul.
+
+  Substituting u = y + a - lo: dw[a, b] = x^T G_ab, with G_ab[n, u, v] = g[n, u + lo - a, ...]
+  (zero outside g). The kh * kw shifted copies of g are concatenated on the channel axis, so
+  dw = x^T [I, N*H*W] @ [G_00 | G_01 | ...] [N*H*W, kh*kw*O]. Why not the equivalent
+  convolution (x^T [I, H, W, N] with g^T [Ho, Wo, N, O] as an Ho x Wo kernel): XLA:CPU runs that
+  huge-kernel, tiny-output convolution 2-4x slower per flop than this matmul plus the copies.
+  Memory: the shifted copies take kh * kw times the size of g.
+  """
+  (kh, kw), ((lo_h, hi_h), (lo_w, hi_w)) = kernel_size, pads
+  n, h, w_, c_in = x.shape
+  c_out = g.shape[-1]
+  # Pad g so that G_ab is the slice starting at (kh - 1 - a, kw - 1 - b); negative pads crop.
+  zero = jnp.zeros((), g.dtype)
+  g_pad = lax.pad(g, zero, ((0, 0, 0), (kh - 1 - lo_h, kh - 1 - hi_h, 0),
+                            (kw - 1 - lo_w, kw - 1 - hi_w, 0), (0, 0, 0)))
+  shifted = jnp.concatenate(
+      [g_pad[:, kh - 1 - a:kh - 1 - a + h, kw - 1 - b:kw - 1 - b + w_, :]
+       for a in range(kh) for b in range(kw)], axis=-1)
+  x_t = jnp.transpose(x, (3, 0, 1, 2)).reshape(c_in, n * h * w_)
+  dw = jnp.matmul(x_t, shifted.reshape(n * h * w_, kh * kw * c_out), precision=precision)
+  return jnp.transpose(dw.reshape(c_in, kh, kw, c_out), (1, 2, 0, 3))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
