@@ -18,19 +18,20 @@ def make_state(value: float, shape=(3, 4)) -> train.TrainState:
             "gamma_module": {"endpoints": {"gamma_min": jnp.float32(-13.3)}}}
   tx = optax.adamw(1e-3, mask=train.decay_mask)
   return train.TrainState(step=jnp.int32(int(value)), params=params,
-                          ema_params=jax.tree.map(lambda x: x * 0.5, params),
+                          ema_params=jax.tree_util.tree_map(lambda x: x * 0.5, params),
                           opt_state=tx.init(params), rng=jax.random.PRNGKey(int(value)))
 
 
 def target_like(state, mesh=None):
   mesh = mesh or parallel.make_mesh()
   repl = parallel.replicated(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
 
 
 def assert_trees_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 

@@ -101,7 +101,7 @@ def test_vdm_score_net_same_with_and_without():
   kw = dict(n_embd=8, n_layer=2, dropout=0.0)
   fast, slow = VDMScoreNet(**kw), VDMScoreNet(**kw, fast_conv_grad=False)
   params = fast.init(jax.random.PRNGKey(0), z, cond)
-  params = jax.tree.map(lambda p: p + 0.05 * jnp.asarray(
+  params = jax.tree_util.tree_map(lambda p: p + 0.05 * jnp.asarray(
       rng.standard_normal(p.shape), p.dtype), params)
   np.testing.assert_array_equal(np.asarray(fast.apply(params, z, cond)),
                                 np.asarray(slow.apply(params, z, cond)))

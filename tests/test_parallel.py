@@ -76,15 +76,16 @@ def test_one_device_equals_eight_devices(setup):
   assert np.all(np.isfinite(l1)) and l1.shape == (3,)
   np.testing.assert_allclose(l8, l1, rtol=1e-5)
   assert int(s1.step) == int(s8.step) == 3
-  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
+  leaves = jax.tree_util.tree_leaves
+  for a, b in zip(leaves(s1.params), leaves(s8.params)):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
-  for a, b in zip(jax.tree.leaves(s1.ema_params), jax.tree.leaves(s8.ema_params)):
+  for a, b in zip(leaves(s1.ema_params), leaves(s8.ema_params)):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
   # The parameters moved (the comparison is not trivially between initial states).
   optimizer, _ = train.optimizer_and_schedule(config.optimizer, 10)
   init = train.init_state(model, optimizer, 0, mesh8)
   moved = max(float(np.max(np.abs(a - b))) for a, b in
-              zip(jax.tree.leaves(s8.params), jax.tree.leaves(init.params)))
+              zip(jax.tree_util.tree_leaves(s8.params), jax.tree_util.tree_leaves(init.params)))
   assert moved > 1e-4
 
 
@@ -97,5 +98,5 @@ def test_steps_per_call_scan_and_unrolled_match_single_steps(setup):
   np.testing.assert_allclose(l_scan, l_single, rtol=1e-5)
   np.testing.assert_allclose(l_unroll, l_single, rtol=1e-5)
   for s in (scanned, unrolled):
-    for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(s.params)):
+    for a, b in zip(jax.tree_util.tree_leaves(single.params), jax.tree_util.tree_leaves(s.params)):
       np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)

@@ -42,7 +42,7 @@ def test_weight_decay_applies_only_where_masked():
             "gamma_module": {"w": {"kernel": jnp.ones((2, 2))}}}
   opt = train.make_optimizer(dict(lr=0.1, warmup_steps=0, decay="none", weight_decay=0.5,
                                   grad_clip=0.0), 10)
-  zero = jax.tree.map(jnp.zeros_like, params)
+  zero = jax.tree_util.tree_map(jnp.zeros_like, params)
   updates, _ = opt.update(zero, opt.init(params), params)
   np.testing.assert_allclose(updates["dense"]["kernel"], -0.1 * 0.5 * np.ones((2, 2)), rtol=1e-6)
   np.testing.assert_array_equal(updates["dense"]["bias"], 0.0)
@@ -164,14 +164,15 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
   for step in (3, 6):
     s_straight, s_resumed = _restore(straight, cfg6, step), _restore(resumed, cfg6, step)
     assert int(s_straight.step) == int(s_resumed.step) == step
-    for x, y in zip(jax.tree.leaves(s_straight), jax.tree.leaves(s_resumed)):
+    for x, y in zip(jax.tree_util.tree_leaves(s_straight), jax.tree_util.tree_leaves(s_resumed)):
       np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-6, atol=1e-6)
   # ... and it did train: the parameters moved.
   init = train.init_state(model_lib.from_config(cfg6.model),
                           train.optimizer_and_schedule(cfg6.optimizer, 6)[0], 0,
                           parallel.make_mesh())
+  leaves = jax.tree_util.tree_leaves
   assert max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
-             zip(jax.tree.leaves(s_resumed.params), jax.tree.leaves(init.params))) > 1e-4
+             zip(leaves(s_resumed.params), leaves(init.params))) > 1e-4
 
   records = logging_utils.read_metrics(resumed)
   train_steps = [r["step"] for r in records if "train/bpd" in r]
@@ -200,7 +201,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   ckpt.close()
   state = _restore(tmp_path, config, 1)
   assert int(state.step) == 1
-  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state.params))
   records = logging_utils.read_metrics(tmp_path)
   assert [r["step"] for r in records if "train/bpd" in r] == [1]
 

@@ -135,7 +135,7 @@ def create_train_state(model: model_lib.VDM, optimizer: optax.GradientTransforma
   key_init, key_train = jax.random.split(jax.random.PRNGKey(seed))
   params = model_lib.init(model, key_init)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    ema_params=jax.tree.map(jnp.copy, params),
+                    ema_params=jax.tree_util.tree_map(jnp.copy, params),
                     opt_state=optimizer.init(params), rng=key_train)
 
 
@@ -223,7 +223,8 @@ def make_train_step(model: model_lib.VDM, optimizer: optax.GradientTransformatio
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay(ema_rate, state.step)
-    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+    ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p,
+                                 state.ema_params, params)
     grad_norm = optax.tree.norm(grads)
     gammas = model.apply({"params": params}, jnp.array([0.0, 1.0], jnp.float32),
                          method=model.gamma)
@@ -250,9 +251,9 @@ def make_train_step(model: model_lib.VDM, optimizer: optax.GradientTransformatio
     num = jax.tree_util.tree_leaves(batches)[0].shape[0]
     per_step = []
     for i in range(num):
-      state, metrics = one_step(state, jax.tree.map(lambda x: x[i], batches))
+      state, metrics = one_step(state, jax.tree_util.tree_map(lambda x: x[i], batches))
       per_step.append(metrics)
-    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)
+    return state, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_step)
 
   repl = parallel.replicated(mesh)
   return jax.jit(multi_step, in_shardings=(repl, parallel.data_sharding(mesh, 1)),
@@ -295,7 +296,7 @@ def init_state(model: model_lib.VDM, optimizer: optax.GradientTransformation, se
   key_init, key_train = jax.random.split(jax.random.PRNGKey(int(seed)))
   params = _init_params_fn(model, mesh)(key_init)
   repl = parallel.replicated(mesh)
-  ema, opt_state = jax.jit(lambda p: (jax.tree.map(jnp.copy, p), optimizer.init(p)),
+  ema, opt_state = jax.jit(lambda p: (jax.tree_util.tree_map(jnp.copy, p), optimizer.init(p)),
                            out_shardings=repl)(params)
   return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), repl), params=params,
                     ema_params=ema, opt_state=opt_state, rng=jax.device_put(key_train, repl))
@@ -306,7 +307,8 @@ def abstract_state(model: model_lib.VDM, optimizer: optax.GradientTransformation
   """The state's shapes, dtypes and (replicated) shardings, without computing it."""
   shapes = jax.eval_shape(functools.partial(create_train_state, model, optimizer, seed))
   repl = parallel.replicated(mesh)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
+  return jax.tree_util.tree_map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
 
 
 # ============================================================================ config

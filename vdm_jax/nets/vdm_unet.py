@@ -165,6 +165,6 @@ def unscanned_to_scanned(params, n_layer: int):
   down = [p.pop(f"down_{i}") for i in range(n_layer)]
   up = [p.pop(f"up_{i}") for i in range(n_layer + 1)]
   stack = lambda *xs: jnp.stack(xs)
-  p["down"] = jax.tree.map(stack, *down)
-  p["up"] = jax.tree.map(stack, *up)
+  p["down"] = jax.tree_util.tree_map(stack, *down)
+  p["up"] = jax.tree_util.tree_map(stack, *up)
   return {"params": p} if "params" in params else p
