@@ -22,14 +22,15 @@ time of these tiny networks; the run time of the compiled code is irrelevant her
 import functools
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from vdm_jax.nets import (UNet, VDMScoreNet, fourier_features, num_groups, timestep_embedding,
-                          unscanned_to_scanned)
+from vdm_jax.nets import (GroupNorm, UNet, VDMScoreNet, fourier_features, num_groups,
+                          timestep_embedding, unscanned_to_scanned)
 
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
@@ -53,7 +54,7 @@ def perturb(params, seed, scale=0.05):
   """params + scale * N(0, 1) on every leaf (numpy, so nothing to compile): makes the
   zero-initialised layers non-zero, standing in for trained weights."""
   rng = np.random.default_rng(seed)
-  return jax.tree.map(
+  return jax.tree_util.tree_map(
       lambda x: np.asarray(x) + scale * rng.standard_normal(x.shape).astype(np.float32), params)
 
 
@@ -141,6 +142,32 @@ def test_num_groups():
       [1, 1, 1, 4, 8, 16, 24, 32, 32, 32, 32]
 
 
+@pytest.mark.parametrize("shape,groups", [((3, 5, 4, 8), 4), ((2, 6, 16), 8), ((2, 3, 3, 6), 1)])
+def test_group_norm_is_flax_group_norm(shape, groups):
+  """Same parameters, outputs and gradients as flax.linen.GroupNorm, also for inputs whose
+  mean is far from 0 relative to their spread (where E[x^2] - E[x]^2 loses digits)."""
+  x = 3.0 + 0.5 * normal(7, shape) + jnp.arange(shape[-1], dtype=jnp.float32)
+  ours = GroupNorm(num_groups=groups, epsilon=1e-6)
+  ref = nn.GroupNorm(num_groups=groups, epsilon=1e-6)
+  params = ref.init(key(0), x)
+  assert jax.tree_util.tree_structure(ours.init(key(0), x)) == jax.tree_util.tree_structure(params)
+  params = jax.tree_util.tree_map(lambda p: p + 0.3 * normal(8, p.shape), params)
+  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=2e-4, atol=2e-4)
+  # Exactly zero mean and unit variance per group before the affine part.
+  unit = {"params": {"scale": jnp.ones(shape[-1]), "bias": jnp.zeros(shape[-1])}}
+  y = np.asarray(ours.apply(unit, x), np.float64).reshape(shape[0], -1, groups,
+                                                        shape[-1] // groups)
+  np.testing.assert_allclose(y.mean(axis=(1, 3)), 0.0, atol=1e-4)
+  np.testing.assert_allclose(y.var(axis=(1, 3)), 1.0, atol=1e-3)
+  loss = lambda m: (lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))))
+  g_ours = jax.grad(loss(ours), (0, 1))(params, x)
+  g_ref = jax.grad(loss(ref), (0, 1))(params, x)
+  for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3)
+  with pytest.raises(ValueError, match="divisible"):
+    GroupNorm(num_groups=5).init(key(0), x)
+
+
 # ---------------------------------------------------------------- shapes and initial output
 
 
@@ -186,9 +213,9 @@ def test_paper_configurations_by_attributes():
   assert p["down"]["block"]["conv1"]["kernel"].shape == (32, 3, 3, 128, 128)
   assert p["up"]["block"]["conv1"]["kernel"].shape == (33, 3, 3, 256, 128)
   assert "attn" not in p["down"] and "mid_attn" in p
-  assert sum(x.size for x in jax.tree.leaves(p)) == 30_577_539
+  assert sum(x.size for x in jax.tree_util.tree_leaves(p)) == 30_577_539
   p = jax.eval_shape(UNet().init, key(0), z, c)["params"]
-  assert sum(x.size for x in jax.tree.leaves(p)) == 35_739_779  # DDPM reports 35.7M
+  assert sum(x.size for x in jax.tree_util.tree_leaves(p)) == 35_739_779  # DDPM reports 35.7M
 
 
 def test_unconditional_rejects_label():
@@ -287,8 +314,8 @@ def test_bf16_compute(name):
   out16 = jit(lambda p: net16.apply(p, s.z, s.cond, s.label))(s.pert)
   out32 = s.apply(s.pert, s.z, s.cond, s.label)
   assert out16.dtype == jnp.float32 and out16.shape == s.z.shape
-  assert jax.tree.leaves(jax.tree.map(lambda x: x.dtype, s.params)) == \
-      [jnp.float32] * len(jax.tree.leaves(s.params))
+  assert jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x: x.dtype, s.params)) == \
+      [jnp.float32] * len(jax.tree_util.tree_leaves(s.params))
   err = rel_err(out16 - s.base(), out32 - s.base())
   assert 0 < err < 5e-2, err
 
@@ -315,8 +342,8 @@ def test_scan_stacks_params_and_program_size_is_flat():
   shapes8, lines8 = _lowered_lines(8)
   for shapes, n in ((shapes2, 2), (shapes8, 8)):
     p = shapes["params"]
-    assert {x.shape[0] for x in jax.tree.leaves(p["down"])} == {n}
-    assert {x.shape[0] for x in jax.tree.leaves(p["up"])} == {n + 1}
+    assert {x.shape[0] for x in jax.tree_util.tree_leaves(p["down"])} == {n}
+    assert {x.shape[0] for x in jax.tree_util.tree_leaves(p["up"])} == {n + 1}
     assert p["down"]["block"]["conv1"]["kernel"].shape == (n, 3, 3, 8, 8)
     assert p["up"]["block"]["conv1"]["kernel"].shape == (n + 1, 3, 3, 16, 8)
   # The grad program of n_layer=8 is the same size as n_layer=2 (up to constants).
@@ -330,13 +357,14 @@ def test_scan_matches_unrolled():
   net = VDMScoreNet(**{**VDM_KW, "scan": False})
   p = dict(s.pert["params"])
   down, up = p.pop("down"), p.pop("up")
-  p.update({f"down_{i}": jax.tree.map(lambda x: x[i], down) for i in range(n)})
-  p.update({f"up_{i}": jax.tree.map(lambda x: x[i], up) for i in range(n + 1)})
+  p.update({f"down_{i}": jax.tree_util.tree_map(lambda x: x[i], down) for i in range(n)})
+  p.update({f"up_{i}": jax.tree_util.tree_map(lambda x: x[i], up) for i in range(n + 1)})
   unrolled = {"params": p}
   expected = jax.eval_shape(net.init, key(0), s.z, s.cond, s.label)
-  assert jax.tree.map(lambda x: x.shape, unrolled) == jax.tree.map(lambda x: x.shape, expected)
+  shapes = lambda tree: jax.tree_util.tree_map(lambda x: x.shape, tree)
+  assert shapes(unrolled) == shapes(expected)
   restacked = unscanned_to_scanned(unrolled, n)
-  jax.tree.map(np.testing.assert_array_equal, restacked, s.pert)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, restacked, s.pert)
   np.testing.assert_allclose(jit(net.apply)(unrolled, s.z, s.cond, s.label),
                              s.apply(s.pert, s.z, s.cond, s.label), rtol=1e-5, atol=1e-5)
 
@@ -348,7 +376,7 @@ def test_remat_same_output_and_gradients(name):
   ga, outa = s.grad(s.pert, s.label, key(9))
   gb, outb = g_remat(s.pert, s.label, key(9))  # same dropout key: same masks
   np.testing.assert_allclose(outa, outb, rtol=1e-5, atol=1e-6)
-  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+  for a, b in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
@@ -400,7 +428,7 @@ def measure_unet_step(batch=64, shape=(28, 28, 1), steps=10, **kw):
     g = grad(params, jax.random.key(3 + i))
   jax.block_until_ready(g)
   step_s = (time.perf_counter() - t0) / steps
-  n_params = sum(x.size for x in jax.tree.leaves(params))
+  n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
   print(f"UNet {kw} on {batch}x{shape}: {n_params} params, first call {compile_s:.1f} s, "
         f"{step_s * 1000:.0f} ms/step", flush=True)
   return dict(compile_s=compile_s, step_s=step_s, n_params=n_params)

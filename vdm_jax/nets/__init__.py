@@ -7,12 +7,13 @@ Both networks share one call contract:
 z float [B, H, W, C]; cond float [B], the log-SNR normalised to [0, 1]; label int [B] or None;
 eps_hat float32 with z's shape. See `VDMScoreNet` and `UNet` for the attributes.
 """
-from vdm_jax.nets.layers import (AttnBlock, ConditioningEmbedding, ResnetBlock,
+from vdm_jax.nets.layers import (AttnBlock, ConditioningEmbedding, GroupNorm, ResnetBlock,
                                  fourier_features, group_norm, num_groups, timestep_embedding)
 from vdm_jax.nets.unet import UNet
 from vdm_jax.nets.vdm_unet import VDMScoreNet, unscanned_to_scanned
 
 __all__ = [
     "VDMScoreNet", "UNet", "unscanned_to_scanned", "ResnetBlock", "AttnBlock",
-    "ConditioningEmbedding", "timestep_embedding", "fourier_features", "num_groups", "group_norm",
+    "ConditioningEmbedding", "GroupNorm", "timestep_embedding", "fourier_features", "num_groups",
+    "group_norm",
 ]
