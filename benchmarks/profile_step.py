@@ -148,8 +148,8 @@ def kind_of(name: str) -> str:
   return re.sub(r"[.\d]+$", "", name.split(":")[0])
 
 
-def main():
-  p = argparse.ArgumentParser()
+def main(argv=None) -> dict:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--config", choices=sorted(bench.CONFIGS), required=True)
   p.add_argument("--part", default="train", choices=("forward", "net_grad", "loss_grad", "train"))
   p.add_argument("--batch_size", type=int, default=None)
@@ -164,7 +164,7 @@ def main():
   p.add_argument("--xla", action="append", metavar="OPTION=VALUE",
                  help="XLA compiler option for this compile only, e.g. "
                  "--xla xla_backend_optimization_level=1 (repeatable)")
-  args = p.parse_args()
+  args = p.parse_args(argv)
   cfg = bench.build_config(args)
   model = model_lib.from_config(cfg.model)
   mesh = parallel.make_mesh(jax.devices()[:1])
@@ -199,6 +199,7 @@ def main():
     other = sorted(((k, v) for k, v in by_name.items() if k not in hlo), key=lambda kv: -kv[1])
     out["other_events_s"] = [[k, round(v, 4)] for k, v in other[:8]]
   print(json.dumps(out, indent=1))
+  return out
 
 
 if __name__ == "__main__":

@@ -1,0 +1,90 @@
+"""The benchmark scripts run end to end and report consistent numbers (tiny overrides of the
+reference configs; the timings themselves are not asserted, benchmarks/README.md has them)."""
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench  # noqa: E402
+import profile_step  # noqa: E402
+
+from vdm_jax import model as model_lib  # noqa: E402
+
+TINY = ["--config=small", "--set", "model.vdm_unet.n_embd=8", "--set", "model.vdm_unet.n_layer=1"]
+
+
+@pytest.mark.parametrize("name,params", [("small", 1_324_481), ("paper", 30_577_539)])
+def test_reference_configs_have_the_documented_parameter_counts(name, params):
+  model = model_lib.from_config(bench.CONFIGS[name]().model)
+  shapes = jax.eval_shape(lambda k: model_lib.init(model, k)["params"], jax.random.PRNGKey(0))
+  assert model_lib.param_count(shapes["network"]) == params
+  assert model_lib.param_count(shapes["gamma_module"]) == 2   # learned linear schedule
+
+
+def test_train_benchmark_reports_a_finite_step_and_consistent_throughput(tmp_path):
+  out = tmp_path / "runs.jsonl"
+  res = bench.main([*TINY, "--what=train", "--batch_size=4", "--steps=2", "--warmup=0",
+                    f"--out={out}"])
+  for key in ("device", "compile_s", "step_s", "images_per_s", "peak_rss_mib", "param_count"):
+    assert key in res, key
+  assert res["device"].startswith("cpu") and res["batch_size"] == 4 and res["remat"] is True
+  assert res["loss_finite"] and res["compile_s"] > 0 and res["peak_rss_mib"] > 0
+  assert res["images_per_s"] == pytest.approx(4 / res["step_s"], rel=1e-3)
+  assert res["step_s_stats"]["n"] == 2
+  assert out.read_text().count("\n") == 1
+
+
+def test_sample_benchmark_times_each_sampler_per_step(tmp_path):
+  res = bench.main([*TINY, "--what=sample", "--sample_T=3", "--sample_batch=2",
+                    "--sample_repeats=1", f"--png={tmp_path / 'g.png'}"])
+  assert set(res["sample_step_s"]) == {"ancestral", "ddim"}
+  for name, s in res["samplers"].items():
+    assert s["sample_step_s"] == pytest.approx(s["chain_s"] / 3, rel=1e-3), name
+    assert s["s_per_image"] == pytest.approx(s["chain_s"] / 2, rel=1e-3), name
+  assert sorted(Path(p).name for p in res["png"]) == ["g_ancestral_T3.png", "g_ddim_T3.png"]
+  assert all(Path(p).stat().st_size > 0 for p in res["png"])
+
+
+def test_eval_benchmark_counts_images():
+  res = bench.main([*TINY, "--what=eval", "--eval_batch_size=4", "--eval_batches=2",
+                    "--eval_repeats=1"])
+  assert res["eval_batch_size"] == 4 and res["batch_size"] == 4
+  assert res["eval_images_per_s"] == pytest.approx(8 / (2 * res["step_s"]), rel=1e-3)
+  # Uniformly random bytes: no model beats their entropy, 8 bits per dimension, in expectation
+  # (8 images x 784 dimensions: the estimate's noise is far below 0.5 bpd).
+  assert res["bpd_of_random_images"] > 7.5
+
+
+def test_profile_step_attributes_time_to_ops():
+  res = profile_step.main([*TINY, "--part=forward", "--batch_size=2", "--steps=1",
+                           "--trace_calls=1", "--top=5"])
+  assert res["convolutions"] > 0 and res["median_s"] > 0
+  assert 0 < len(res["top_ops_s"]) <= 5
+  assert sum(res["by_kind_s"].values()) > 0
+
+
+@pytest.mark.parametrize("item,message", [
+    ("model.vdm_unet.n_layr=2", "has no key 'n_layr'"),
+    ("modle.x=1", "the config has no key 'modle'"),
+    ("model.vdm_unet.n_layer=two", "n_layer"),
+])
+def test_bad_overrides_are_refused_with_the_valid_keys(item, message):
+  with pytest.raises(SystemExit, match=message):
+    bench.build_config(bench.argparse.Namespace(
+        config="small", workdir=None, batch_size=None, dtype=None, remat=None, scan=None,
+        set=[item]))
+
+
+def test_documented_benchmark_commands_parse():
+  root = Path(__file__).resolve().parents[1]
+  text = (root / "README.md").read_text() + (root / "benchmarks" / "README.md").read_text()
+  commands = [c for c in re.findall(r"python benchmarks/bench\.py ([^\n#`]*)", text)
+              if "--help" not in c]
+  assert len(commands) >= 6
+  for line in commands:
+    args = bench.make_parser().parse_args(shlex.split(line))
+    assert args.config in bench.CONFIGS
