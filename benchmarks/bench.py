@@ -83,7 +83,7 @@ def small_config():
   remat=True: 2.8 instead of 4.3 GiB peak and no slower on CPU (benchmarks/README.md)."""
   return _common((28, 28, 1), 64, "vdm_unet",
                  dict(n_embd=64, n_layer=4, with_fourier_features=True, with_attention=False,
-                      dropout=0.1, remat=True), "fashion_mnist")
+                      dropout=0.1, remat=True, fast_conv_grad=True), "fashion_mnist")
 
 
 def paper_config():
@@ -91,7 +91,7 @@ def paper_config():
   6.2 GiB peak and no slower on CPU (benchmarks/README.md)."""
   return _common((32, 32, 3), 8, "vdm_unet",
                  dict(n_embd=128, n_layer=32, with_fourier_features=True, with_attention=False,
-                      dropout=0.1, remat=True), "cifar10")
+                      dropout=0.1, remat=True, fast_conv_grad=True), "cifar10")
 
 
 def quickstart_config():
