@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end and report consistent numbers (tiny overrides of the
 reference configs; the timings themselves are not asserted, benchmarks/README.md has them)."""
+import ast
 import re
 import shlex
 import sys
@@ -88,3 +89,14 @@ def test_documented_benchmark_commands_parse():
   for line in commands:
     args = bench.make_parser().parse_args(shlex.split(line))
     assert args.config in bench.CONFIGS
+
+
+def test_documented_ablation_overrides_reach_the_network():
+  text = (Path(__file__).resolve().parents[1] / "benchmarks" / "README.md").read_text()
+  items = re.findall(r"--set (model\.vdm_unet\.\w+=\w+)", text)
+  assert "model.vdm_unet.fast_conv_grad=False" in items
+  for item in items:
+    cfg = bench.build_config(bench.make_parser().parse_args(["--config=small", "--set", item]))
+    network = model_lib.from_config(cfg.model).network
+    key, value = item.split(".")[-1].split("=")
+    assert getattr(network, key) == ast.literal_eval(value), item
