@@ -117,6 +117,12 @@ def _parse_bool(s: str) -> bool:
   raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
+def _positive_int(s: str) -> int:
+  if not s.isdigit() or int(s) < 1:
+    raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {s!r}")
+  return int(s)
+
+
 def _apply_override(cfg, item: str) -> None:
   """'model.vdm_unet.n_layer=8' -> cfg.model.vdm_unet.n_layer = 8 (value parsed as a literal)."""
   key, _, raw = item.partition("=")
@@ -388,9 +394,7 @@ def bench_sample(cfg, model, args, mesh, timer) -> dict:
 def eval_batch_size(cfg, args) -> int:
   if args.eval_batch_size:
     return args.eval_batch_size
-  ecfg = cfg.get("eval", None)
-  return int((ecfg.get("batch_size", None) if ecfg is not None else None)
-             or cfg.training.batch_size)
+  return int((cfg.get("eval") or {}).get("batch_size") or cfg.training.batch_size)
 
 
 def bench_eval(cfg, model, args, mesh, timer) -> dict:
@@ -444,17 +448,18 @@ def make_parser() -> argparse.ArgumentParser:
                  help="vdm_unet: stack the blocks with nn.scan (default: config / True)")
   p.add_argument("--set", action="append", metavar="KEY=VALUE",
                  help="config override, e.g. --set model.vdm_unet.n_layer=8 (repeatable)")
-  p.add_argument("--steps", type=int, default=10, help="timed train steps (median reported)")
+  p.add_argument("--steps", type=_positive_int, default=10,
+                 help="timed train steps (median reported)")
   p.add_argument("--warmup", type=int, default=2, help="untimed train steps after the first")
-  p.add_argument("--sample_T", type=int, default=None,
+  p.add_argument("--sample_T", type=_positive_int, default=None,
                  help="steps of the timed sampling chain (default: 20; paper: 4)")
-  p.add_argument("--sample_batch", type=int, default=16)
-  p.add_argument("--sample_repeats", type=int, default=None,
+  p.add_argument("--sample_batch", type=_positive_int, default=16)
+  p.add_argument("--sample_repeats", type=_positive_int, default=None,
                  help="timed chains per sampler after the compiling one (default 3; paper 1)")
   p.add_argument("--samplers", default="ancestral,ddim")
   p.add_argument("--eval_batch_size", type=int, default=None)
-  p.add_argument("--eval_batches", type=int, default=4)
-  p.add_argument("--eval_repeats", type=int, default=3)
+  p.add_argument("--eval_batches", type=_positive_int, default=4)
+  p.add_argument("--eval_repeats", type=_positive_int, default=3)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--workdir", default=None,
                  help="sample/eval: restore the EMA parameters of this run's latest checkpoint")

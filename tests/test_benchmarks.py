@@ -100,3 +100,10 @@ def test_documented_ablation_overrides_reach_the_network():
     network = model_lib.from_config(cfg.model).network
     key, value = item.split(".")[-1].split("=")
     assert getattr(network, key) == ast.literal_eval(value), item
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--sample_repeats", "--sample_T", "--eval_batches"])
+def test_counts_below_one_are_refused(flag, capsys):
+  with pytest.raises(SystemExit):
+    bench.make_parser().parse_args(["--config=small", flag, "0"])
+  assert "expected an integer >= 1, got '0'" in capsys.readouterr().err
