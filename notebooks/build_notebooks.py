@@ -33,7 +33,7 @@ import math
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
-from vdm_jax import analytic, data, diffusion, likelihood, losses, schedules
+from vdm_jax import data, diffusion, likelihood, losses, point_masses, schedules
 
 images, labels = data.load_arrays("fashion_mnist", "test")   # uint8 [10000, 28, 28, 1]
 x_int = jnp.asarray(images[:8])
@@ -103,12 +103,12 @@ discrete decoder), prior = KL(q(z_1 | x) || N(0, I)) (`likelihood.prior_kl`) and
 0.5 gamma'(t) ||eps - eps_hat(z_t; gamma_t)||^2 with t ~ U(0, 1) (`losses.diffusion_terms`).
 
 To see the bound at its best, take the data distribution to be these 8 images, uniformly: its optimal
-denoiser has a closed form (`analytic.point_mass_eps_fn`), and the continuous-time bound then equals
+denoiser has a closed form (`point_masses.optimal_eps_fn`), and the continuous-time bound then equals
 H(x) + KL(q(z_1) || N(0, I)) + (recon - H(x | z_0)). With a wide schedule, gamma in [-16, 12], z_0 determines x
 (recon ~ 0) and z_1 is almost pure noise (prior ~ 0), so the bound is the entropy log 8 = 2.079 nats.
 (With the training range [-13.3, 5], 784 dimensions cost ~4 nats of recon and ~1.8 of prior here.)'''),
     new_code_cell('''\
-eps_fn = analytic.point_mass_eps_fn(x)
+eps_fn = point_masses.optimal_eps_fn(x)
 wide = schedules.FixedLinear(-16.0, 12.0)
 gamma_fn = lambda t: wide.apply({}, t)
 n_batches = 8 if FAST else 64

@@ -1,6 +1,7 @@
 """Forward process and posterior against independent float64 computations."""
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,9 +9,10 @@ import pytest
 
 from vdm_jax import diffusion, schedules
 
-GAMMAS = [-13.3, -8.0, -2.0, 0.0, 3.0, 5.0]
+G_MIN, G_MAX = schedules.GAMMA_MIN, schedules.GAMMA_MAX
+GAMMAS = [G_MIN, -8.0, -2.0, 0.0, 3.0, G_MAX]
 PAIRS = [(s, t) for s, t in itertools.combinations(GAMMAS, 2)]
-PAIRS += [(-13.3, -13.299), (-5.0, -4.999), (4.999, 5.0)]   # s and t 1e-3 apart
+PAIRS += [(G_MIN, G_MIN + 1e-3), (-5.0, -4.999), (G_MAX - 1e-3, G_MAX)]   # s and t 1e-3 apart
 
 
 def _a2(g):
@@ -65,6 +67,46 @@ def test_marginal_composed_with_transition_is_marginal(gs, gt):
   mean_t, var_t = diffusion.marginal(x, gt)
   np.testing.assert_allclose(mean_ts, mean_t, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(alpha_ts ** 2 * var_s + var_ts, var_t, rtol=1e-5)
+
+
+def test_sum_data_axes():
+  v = jnp.arange(24.0).reshape(2, 3, 4)
+  total = diffusion.sum_data_axes(v)
+  chex.assert_shape(total, (2,))
+  np.testing.assert_array_equal(total, [66.0, 210.0])
+  np.testing.assert_array_equal(diffusion.sum_data_axes(jnp.ones((5, 1))), np.ones(5))
+
+
+def _batch():
+  """x, z [3, 2, 2, 1] and per-example gamma_s < gamma_t [3]."""
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.uniform(-1, 1, size=(3, 2, 2, 1)), jnp.float32)
+  z = jnp.asarray(rng.normal(size=(3, 2, 2, 1)), jnp.float32)
+  return x, z, jnp.array([G_MIN, -1.0, 2.0]), jnp.array([-9.0, 0.5, G_MAX])
+
+
+class TransformationsTest(chex.TestCase):
+  """The pure functions give the same numbers eagerly, under jit and under pmap (8 CPU devices)."""
+
+  def _check(self, fn, *args):
+    got = self.variant(fn)(*args)
+    chex.assert_shape(got[0], (3, 2, 2, 1))
+    chex.assert_shape(got[1], (3, 1, 1, 1))    # variances broadcast against the data
+    chex.assert_trees_all_close(got, fn(*args), rtol=1e-6, atol=1e-7)
+
+  @chex.variants(with_jit=True, without_jit=True, with_pmap=True)
+  def test_marginal(self):
+    x, _, _, gt = _batch()
+    self._check(diffusion.marginal, x, gt)
+
+  @chex.variants(with_jit=True, without_jit=True, with_pmap=True)
+  def test_transition(self):
+    _, z, gs, gt = _batch()
+    self._check(diffusion.transition, z, gs, gt)
+
+  @chex.variants(with_jit=True, without_jit=True, with_pmap=True)
+  def test_posterior(self):
+    self._check(diffusion.posterior, *_batch())
 
 
 def test_gaussian_kl_matches_monte_carlo():

@@ -1,7 +1,7 @@
 """The evaluator against the closed-form model: its bpd is the data entropy.
 
 Data: three 2x2x1 images with 16 levels and probabilities (0.5, 0.3, 0.2). With the optimal
-denoiser (`analytic.point_mass_eps_fn`) in continuous time the expected negative ELBO is
+denoiser (`point_masses.optimal_eps_fn`) in continuous time the expected negative ELBO is
 
     H(x) + KL(q(z_1) || N(0, I)) + (E[recon] - H(x | z_0))
 
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vdm_jax import analytic, evaluation, likelihood, losses
+from vdm_jax import evaluation, likelihood, losses, point_masses
 from vdm_jax import model as vdm_model
 from vdm_jax import nets
 
@@ -54,7 +54,7 @@ class PointMassVDM(nn.Module):
   def eps(self, z, gamma_t, labels=None, *, train=False):
     pts = jnp.array(self.points, jnp.int32).reshape((-1, *self.image_shape))
     log_probs = jnp.log(jnp.array(self.probs, jnp.float32))
-    return analytic.point_mass_eps_fn(likelihood.encode(pts, self.vocab_size), log_probs)(
+    return point_masses.optimal_eps_fn(likelihood.encode(pts, self.vocab_size), log_probs)(
         z, gamma_t)
 
   def __call__(self, images, labels=None, *, train=False):

@@ -1,12 +1,14 @@
 """Encoding, the discrete decoder, the prior KL and units."""
+import functools
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm_jax import diffusion, likelihood
+from vdm_jax import diffusion, likelihood, schedules
 
 
 def test_encode_decode_roundtrip():
@@ -21,10 +23,10 @@ def test_decoder_normalised_and_sharp_at_low_gamma(channels):
   key = jax.random.PRNGKey(channels)
   x_int = jax.random.randint(key, (4, 5, 5, channels), 0, 256)
   x = likelihood.encode(x_int, 256)
-  gamma_0 = -13.3
+  gamma_0 = schedules.GAMMA_MIN
   z_0, _ = diffusion.sample_marginal(jax.random.PRNGKey(7), x, gamma_0)
   logp = likelihood.decoder_log_probs(z_0, gamma_0, 256)
-  assert logp.shape == (4, 5, 5, channels, 256)
+  chex.assert_shape(logp, (4, 5, 5, channels, 256))
   np.testing.assert_allclose(jnp.exp(logp).sum(-1), 1.0, rtol=1e-5)
   p_true = jnp.exp(jnp.take_along_axis(logp, x_int[..., None], -1))[..., 0]
   assert float(p_true.mean()) > 0.99   # the expected probability of the true value
@@ -35,12 +37,12 @@ def test_decoder_normalised_and_sharp_at_low_gamma(channels):
 
 def test_decoder_expected_true_probability_closed_form():
   """With sigma_0/alpha_0 = exp(gamma_0/2), P(z0r nearest to the true bin) has a closed form."""
-  gamma_0 = -13.3
+  gamma_0 = schedules.GAMMA_MIN
   x_int = jnp.full((1, 200_000), 100, jnp.int32)
   x = likelihood.encode(x_int, 256)
   z_0, _ = diffusion.sample_marginal(jax.random.PRNGKey(0), x, gamma_0)
   p = jnp.exp(-likelihood.recon_loss(x_int[:, :1], z_0[:, :1], gamma_0, 256))
-  assert p.shape == (1,)
+  chex.assert_shape(p, (1,))
   argmax_correct = jnp.mean(jnp.argmax(likelihood.decoder_logits(z_0, gamma_0, 256), -1) == 100)
   std = math.exp(gamma_0 / 2)
   half_bin = 1 / 256
@@ -61,6 +63,31 @@ def test_prior_kl_closed_form():
     np.testing.assert_allclose(likelihood.prior_kl(x, g),
                                diffusion.gaussian_kl(mean, var, 0.0, 1.0).sum(1),
                                rtol=1e-4, atol=1e-6)
+
+
+class TransformationsTest(chex.TestCase):
+  """recon_loss and prior_kl give the same numbers eagerly, under jit and under pmap (8 devices)."""
+
+  @chex.variants(with_jit=True, without_jit=True, with_pmap=True)
+  def test_recon_loss(self):
+    x_int = jax.random.randint(jax.random.PRNGKey(0), (3, 2, 2, 1), 0, 16)
+    gamma_0 = jnp.array([schedules.GAMMA_MIN, -6.0, -2.0])
+    z_0, _ = diffusion.sample_marginal(jax.random.PRNGKey(1), likelihood.encode(x_int, 16),
+                                       gamma_0)
+    recon = functools.partial(likelihood.recon_loss, vocab_size=16)
+    got = self.variant(recon)(x_int, z_0, gamma_0)
+    chex.assert_shape(got, (3,))
+    # At gamma_min the loss is ~0 nats, the difference of two near-equal float32 log-sum-exps:
+    # absolute error ~1e-6 nats, depending on how XLA fuses them.
+    chex.assert_trees_all_close(got, recon(x_int, z_0, gamma_0), rtol=1e-6, atol=1e-5)
+
+  @chex.variants(with_jit=True, without_jit=True, with_pmap=True)
+  def test_prior_kl(self):
+    x = jnp.linspace(-0.9, 0.9, 12).reshape(3, 2, 2, 1)
+    gamma_1 = jnp.array([-1.0, schedules.GAMMA_MAX, 12.0])
+    got = self.variant(likelihood.prior_kl)(x, gamma_1)
+    chex.assert_shape(got, (3,))
+    chex.assert_trees_all_close(got, likelihood.prior_kl(x, gamma_1), rtol=1e-6, atol=1e-9)
 
 
 def test_nats_to_bpd():

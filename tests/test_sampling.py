@@ -1,7 +1,7 @@
 """The reverse chain against the closed-form model: data = three fixed images.
 
 Data: three 2x2x1 images with 16 levels and probabilities (0.5, 0.3, 0.2); the denoiser is the
-exact posterior mean (`analytic.point_mass_eps_fn`), the schedule FixedLinear(-13.3, 5). Then the
+exact posterior mean (`point_masses.optimal_eps_fn`), the schedule FixedLinear(-13.3, 5). Then the
 chain must return exactly those images, at the right frequencies (ancestral), and the extras
 (DDIM, guidance, inpainting, trajectories) have exact statements too.
 
@@ -12,13 +12,14 @@ and DDIM eta=0 (0.5175, 0.29, 0.1925) against (0.5, 0.3, 0.2); the 4-sigma binom
 import functools
 from typing import Tuple
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm_jax import analytic, diffusion, likelihood, losses, sampling, schedules
+from vdm_jax import diffusion, likelihood, losses, point_masses, sampling, schedules
 from vdm_jax import model as vdm_model
 from vdm_jax import nets
 
@@ -29,8 +30,8 @@ POINTS_INT = jnp.array([[0, 3, 7, 12], [15, 15, 0, 0], [5, 10, 5, 10]],
 PROBS = np.array([0.5, 0.3, 0.2])
 POINTS = likelihood.encode(POINTS_INT, V)
 LOG_PROBS = jnp.log(jnp.asarray(PROBS, jnp.float32))
-EPS_FN = analytic.point_mass_eps_fn(POINTS, LOG_PROBS)
-SCHEDULE = schedules.FixedLinear(-13.3, 5.0)
+EPS_FN = point_masses.optimal_eps_fn(POINTS, LOG_PROBS)
+SCHEDULE = schedules.FixedLinear(schedules.GAMMA_MIN, schedules.GAMMA_MAX)
 
 
 def rkey(i):
@@ -57,7 +58,8 @@ def jit_sample(eps_fn=EPS_FN, **static):
 def test_ancestral_samples_are_data_images_with_the_data_frequencies():
   n = 2000
   x = jit_sample(shape=(n, *SHAPE), T=200)(rkey(0))
-  assert x.shape == (n, *SHAPE) and x.dtype == jnp.int32
+  chex.assert_shape(x, (n, *SHAPE))
+  chex.assert_type(x, jnp.int32)
   idx = which_point(x)
   assert np.all(idx >= 0)
   freq = np.bincount(idx, minlength=3) / n
@@ -103,7 +105,7 @@ def test_decode_sample_and_argmax_agree_with_decoder_logits():
   # argmax decoding (nearest bin centre of z_0 / alpha_0) == argmax of the decoder logits,
   # also for a blunt decoder (gamma_0 = 2) and off-grid z_0.
   z0 = 1.5 * jax.random.normal(rkey(0), (4096,))
-  for g0 in (-13.3, 2.0):
+  for g0 in (schedules.GAMMA_MIN, 2.0):
     from_logits = jnp.argmax(likelihood.decoder_logits(z0, jnp.float32(g0), 256), -1)
     nearest = likelihood.decode(z0 / schedules.alpha(jnp.float32(g0)), 256)
     np.testing.assert_array_equal(from_logits, nearest)
@@ -173,7 +175,7 @@ INPAINT_INT = jnp.array([[0, 0, 8, 8], [15, 15, 6, 10], [0, 15, 10, 6]],
 @pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
 def test_inpainting_keeps_known_pixels_and_completes_consistently(sampler):
   n = 300
-  eps_fn = analytic.point_mass_eps_fn(likelihood.encode(INPAINT_INT, V), LOG_PROBS)
+  eps_fn = point_masses.optimal_eps_fn(likelihood.encode(INPAINT_INT, V), LOG_PROBS)
   target = np.arange(n) % 3
   known = INPAINT_INT[target]
   mask = jnp.zeros((1, *SHAPE), bool).at[0, 0, :, 0].set(True)    # top row known
@@ -205,13 +207,13 @@ def test_trajectory_shapes_and_final_prediction():
   np.testing.assert_array_equal(x, plain)           # recording does not change the chain
   assert isinstance(traj, sampling.Trajectory)
   np.testing.assert_allclose(traj.t, [1.0, 0.75, 0.5, 0.26, 0.01], rtol=1e-6)
-  assert traj.z.shape == (5, n, *SHAPE) and traj.x_hat.shape == (5, n, *SHAPE)
+  chex.assert_shape([traj.z, traj.x_hat], (5, n, *SHAPE))
   # At t = 1/T the prediction is the (encoded) image the chain ends on.
   np.testing.assert_allclose(traj.x_hat[-1], likelihood.encode(x, V), atol=1e-4)
   # At t = 1, z is the initial noise N(0, I) and x_hat the exact posterior mean E[x | z_1].
   z1 = jax.random.normal(jax.random.split(key, 4)[0], (n, *SHAPE))
   np.testing.assert_array_equal(traj.z[0], z1)
-  post = analytic.point_mass_posterior(POINTS, LOG_PROBS, z1, gamma_fn(jnp.float32(1.0)))
+  post = point_masses.posterior(POINTS, LOG_PROBS, z1, gamma_fn(jnp.float32(1.0)))
   np.testing.assert_allclose(traj.x_hat[0], jnp.tensordot(post, POINTS, axes=1), atol=1e-5)
   # Explicit step indices, any order: recorded in chain order, same values.
   x2, traj2 = sampling.sample(EPS_FN, gamma_fn, key, (n, *SHAPE), T=T, vocab_size=V,
@@ -220,6 +222,80 @@ def test_trajectory_shapes_and_final_prediction():
   np.testing.assert_allclose(traj2.t, [1.0, 0.5, 0.01], rtol=1e-6)
   np.testing.assert_array_equal(traj2.z[np.array([0, 2])], traj.z[np.array([0, 4])])
   np.testing.assert_array_equal(traj2.x_hat[1], traj.x_hat[2])
+
+
+# ------------------------------------------------------------------------------------------
+# Pinned outputs and transformations.
+
+
+def smooth_eps(z, gamma_t):
+  """A smooth stand-in network: its samples spread over the 16 levels, unlike the optimal one's."""
+  return 0.7 * jnp.tanh(z) * jax.nn.sigmoid(gamma_t)[:, None, None, None]
+
+
+def smooth_cond_eps(z, gamma_t, labels):
+  g = jnp.broadcast_to(jnp.asarray(gamma_t, jnp.float32), (z.shape[0],))
+  shift = (labels.astype(jnp.float32) - 1.0).reshape(-1, 1, 1, 1)
+  return smooth_eps(z + 0.3 * shift, g)
+
+
+class SmoothClassVDM(nn.Module):
+  """The sampling interface of a class-conditional VDM around `smooth_cond_eps`."""
+  image_shape: Tuple[int, ...] = SHAPE
+  vocab_size: int = V
+  num_classes: int = NUM_CLASSES
+
+  def gamma(self, t):
+    return gamma_fn(t)
+
+  def eps(self, z, gamma_t, labels=None, *, train=False):
+    return smooth_cond_eps(z, gamma_t, labels)
+
+
+def test_samples_pinned_for_fixed_keys():
+  """The chain's arithmetic and key use, pinned: integer images exactly, latents to 1e-6.
+
+  (Latents get a relative tolerance because XLA versions may round fused float32 ops differently.)
+  """
+  shape = (4, *SHAPE)
+  x, traj = sampling.sample(smooth_eps, gamma_fn, rkey(11), shape, T=6, vocab_size=V,
+                            trajectory_steps=2)
+  np.testing.assert_array_equal(
+      np.asarray(x).reshape(4, -1),
+      [[15, 15, 15, 15], [15, 15, 0, 15], [0, 0, 12, 0], [15, 0, 15, 15]])
+  np.testing.assert_array_equal(traj.t, np.float32([1.0, 1.0 / 6.0]))
+  np.testing.assert_allclose(traj.z[1, 0].ravel(),
+                             [2.452280044555664, 9.282683372497559, 7.2675299644470215,
+                              21.8809757232666], rtol=1e-6)
+  ddim = sampling.sample(smooth_eps, gamma_fn, rkey(12), shape, T=6, vocab_size=V,
+                         sampler="ddim", eta=0.5, decode="sample")
+  np.testing.assert_array_equal(
+      np.asarray(ddim).reshape(4, -1),
+      [[15, 15, 15, 0], [8, 0, 15, 0], [0, 12, 0, 13], [0, 1, 15, 15]])
+  mask = jnp.zeros((1, *SHAPE), bool).at[0, 0].set(True)
+  guided = sampling.sample_model(SmoothClassVDM(), {}, rkey(13), 4, T=6,
+                                 labels=jnp.array([0, 1, 2, 0]), guidance_weight=1.5,
+                                 known=jnp.full(shape, 5, jnp.int32), known_mask=mask)
+  np.testing.assert_array_equal(
+      np.asarray(guided).reshape(4, -1),
+      [[5, 5, 15, 15], [5, 5, 0, 15], [5, 5, 9, 0], [5, 5, 15, 15]])
+
+
+class SampleTransformationsTest(chex.TestCase):
+  """`sample` gives the same chain eagerly, under jit and under pmap (8 CPU devices)."""
+
+  @chex.variants(with_jit=True, without_jit=True, with_pmap=True)
+  def test_sample(self):
+    def draw(key):
+      return sampling.sample(smooth_eps, gamma_fn, key, (3, *SHAPE), T=4, vocab_size=V,
+                             sampler="ddim", eta=0.5, trajectory_steps=2)
+
+    key = rkey(21)
+    images, traj = self.variant(draw)(key)
+    expected_images, expected_traj = draw(key)
+    chex.assert_shape(images, (3, *SHAPE))
+    chex.assert_trees_all_equal(images, expected_images)
+    chex.assert_trees_all_close(traj, expected_traj, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------
@@ -297,7 +373,8 @@ def test_sample_model_closed_form_conditional_unconditional_guided():
   key = rkey(8)
   labels = jnp.arange(n) % 3
   x = sampling.sample_model(model, {}, key, n, T=T, labels=labels)
-  assert x.shape == (n, *SHAPE) and x.dtype == jnp.int32
+  chex.assert_shape(x, (n, *SHAPE))
+  chex.assert_type(x, jnp.int32)
   np.testing.assert_array_equal(which_point(x), labels)
   direct = sampling.sample(lambda z, g: cond_eps(z, g, labels), gamma_fn, key, (n, *SHAPE), T=T,
                            vocab_size=V)
@@ -313,10 +390,39 @@ def test_sample_model_closed_form_conditional_unconditional_guided():
     sampling.sample_model(model, {}, key, n, T=T, labels=labels[:3])
 
 
+def test_check_chain_args_resolves_static_arguments():
+  args = sampling.check_chain_args([2, 2, 2, 1], np.int64(16), T=np.int32(5), sampler="ddim",
+                                   eta=None, decode="argmax", trajectory_steps=2, known=None,
+                                   known_mask=None)
+  assert args == sampling.ChainArgs(shape=(2, 2, 2, 1), vocab_size=16, T=5, sampler="ddim",
+                                    eta=0.0, decode="argmax", trajectory_steps=(5, 1), known=None,
+                                    known_mask=None)
+  hash(args)      # static: usable as jit static arguments
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(T=0), ValueError, "T must be"),
+    (dict(sampler="euler"), ValueError, "Unknown sampler"),
+    (dict(eta=0.5), ValueError, "ancestral"),
+    (dict(sampler="ddim", eta=1.5), ValueError, r"eta in \[0, 1\]"),
+    (dict(decode="mean"), ValueError, "Unknown decode"),
+    (dict(trajectory_steps=(0,)), ValueError, "trajectory_steps"),
+    (dict(known=jnp.zeros((2, *SHAPE), jnp.int32)), ValueError, "both"),
+    (dict(known=jnp.zeros((2, *SHAPE), jnp.int32), known_mask=jnp.ones((3,), bool)),
+     ValueError, "does not broadcast"),
+])
+def test_sample_and_sample_model_raise_the_same_errors(kwargs, error, match):
+  args = {"T": 4, **kwargs}
+  with pytest.raises(error, match=match):
+    sampling.sample(EPS_FN, gamma_fn, rkey(0), (2, *SHAPE), vocab_size=V, **args)
+  with pytest.raises(error, match=match):
+    sampling.sample_model(PointMassClassVDM(), {}, rkey(0), 2, **args)
+
+
 def test_sample_model_tiny_vdm_compiles_once():
   net = nets.UNet(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
   model = vdm_model.VDM(network=net, image_shape=(4, 4, 1), vocab_size=256)
-  variables = jax.jit(lambda k: vdm_model.init(model, k))(rkey(0))
+  variables = jax.jit(lambda k: vdm_model.init_variables(model, k))(rkey(0))
   traces = []
   real_sample = sampling.sample
 
@@ -338,9 +444,11 @@ def test_sample_model_tiny_vdm_compiles_once():
     sampling.sample = real_sample
   assert traces == [8]
   assert sampling._sample_model_jit._cache_size() == size
-  assert x.shape == (3, 4, 4, 1) and x.dtype == jnp.int32
+  chex.assert_shape(x, (3, 4, 4, 1))
+  chex.assert_type(x, jnp.int32)
   assert np.all((np.asarray(x) >= 0) & (np.asarray(x) < 256))
-  assert traj.z.shape == (2, 3, 4, 4, 1) and np.all(np.isfinite(traj.x_hat))
+  chex.assert_shape(traj.z, (2, 3, 4, 4, 1))
+  chex.assert_tree_all_finite(traj.x_hat)
   assert not np.array_equal(x, x2)
   with pytest.raises(ValueError, match="unconditional"):
     sampling.sample_model(model, variables, rkey(1), 3, T=8,

@@ -1,4 +1,7 @@
 """Schedules: endpoints, monotonicity, derived quantities, stability over gamma in [-20, 20]."""
+import math
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +10,7 @@ import pytest
 from vdm_jax import schedules
 
 T_GRID = jnp.linspace(0.0, 1.0, 1001)
+G_MIN, G_MAX = schedules.GAMMA_MIN, schedules.GAMMA_MAX
 
 
 def _init(name, **kw):
@@ -17,9 +21,10 @@ def _init(name, **kw):
 
 @pytest.mark.parametrize("name", ["fixed_linear", "learned_linear", "monotone_net", "cosine"])
 def test_endpoints_and_monotone(name):
-  module, params = _init(name, gamma_min=-13.3, gamma_max=5.0)
+  module, params = _init(name)                      # the default endpoints
   g = np.asarray(module.apply(params, T_GRID))
-  np.testing.assert_allclose([g[0], g[-1]], [-13.3, 5.0], atol=2e-5)
+  chex.assert_shape(g, T_GRID.shape)
+  np.testing.assert_allclose([g[0], g[-1]], [G_MIN, G_MAX], atol=2e-5)
   assert np.all(np.diff(g) > 0)
 
 
@@ -56,10 +61,10 @@ def test_ddpm_linear_matches_discrete_ddpm():
 
 
 def test_cosine_is_cos_sin_parametrisation():
-  module, params = _init("cosine", gamma_min=-13.3, gamma_max=5.0)
+  module, params = _init("cosine", gamma_min=G_MIN, gamma_max=G_MAX)
   t = jnp.linspace(0, 1, 7)
   g = module.apply(params, t)
-  th0, th1 = np.arctan(np.exp(-13.3 / 2)), np.arctan(np.exp(5.0 / 2))
+  th0, th1 = np.arctan(np.exp(G_MIN / 2)), np.arctan(np.exp(G_MAX / 2))
   theta = th0 + (th1 - th0) * np.asarray(t, np.float64)
   np.testing.assert_allclose(schedules.alpha(g), np.cos(theta), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(schedules.sigma(g), np.sin(theta), rtol=1e-4, atol=1e-6)
@@ -81,7 +86,42 @@ def test_derived_quantities_stable_and_exact():
 def test_schedule_errors():
   with pytest.raises(ValueError, match="gamma_min .* must be < gamma_max"):
     schedules.make_schedule("fixed_linear", gamma_min=5.0, gamma_max=-1.0)
+  # DDPMLinear ignores the endpoints, but a misordered pair is still a configuration error.
+  with pytest.raises(ValueError, match="gamma_min .* must be < gamma_max"):
+    schedules.make_schedule("ddpm_linear", gamma_min=1.0, gamma_max=0.0)
   with pytest.raises(ValueError, match="Unknown schedule 'linear'"):
     schedules.make_schedule("linear")
   with pytest.raises(ValueError, match="must be <"):
     schedules.LearnedLinear(3.0, 1.0).init(jax.random.PRNGKey(0), jnp.zeros(2))
+
+
+def test_default_endpoints_are_the_papers():
+  assert (schedules.GAMMA_MIN, schedules.GAMMA_MAX) == (-13.3, 5.0)
+  for cls in (schedules.FixedLinear, schedules.LearnedLinear, schedules.MonotoneNet,
+              schedules.Cosine):
+    module = cls()
+    assert (module.gamma_min, module.gamma_max) == (G_MIN, G_MAX), cls
+
+
+@pytest.mark.parametrize("gamma_min,gamma_max", [
+    (5.0, -13.3), (1.0, 1.0), (math.nan, 5.0), (-13.3, math.inf), (-math.inf, 5.0),
+    (np.float32(2.0), np.float32(1.0))])
+def test_check_endpoints_rejects(gamma_min, gamma_max):
+  with pytest.raises(ValueError, match=r"^gamma_min \(.*\) must be < gamma_max \(.*\)"):
+    schedules.check_endpoints(gamma_min, gamma_max)
+
+
+def test_check_endpoints_accepts_ordered_and_skips_traced_values():
+  schedules.check_endpoints(-13.3, 5)
+  schedules.check_endpoints(np.float32(-1.0), np.float64(1.0))
+  # Values known only at run time are the caller's to check.
+  jax.jit(lambda a, b: schedules.check_endpoints(a, b) or a)(5.0, -13.3)
+
+
+@pytest.mark.parametrize("cls", [schedules.FixedLinear, schedules.LearnedLinear,
+                                 schedules.MonotoneNet, schedules.Cosine])
+def test_schedules_check_their_endpoints_when_built(cls):
+  with pytest.raises(ValueError, match=r"gamma_min \(5\) must be < gamma_max \(-13.3\)"):
+    cls(gamma_min=5, gamma_max=-13.3)
+  with pytest.raises(ValueError, match="must be <"):
+    cls(gamma_min=0.0, gamma_max=math.nan)

@@ -12,8 +12,9 @@ Notation (DESIGN §1): gamma = log(sigma^2 / alpha^2), variance preserving, s < 
 
 Gamma arguments are scalars or have leading (batch) dimensions: a gamma of shape [B] broadcasts
 against an x of shape [B, ...]. Returned variances have gamma's shape expanded with trailing
-singleton axes (they broadcast against x). All functions are pure: safe under jit, vmap, grad,
-pmap and shard_map.
+singleton axes (they broadcast against x); `expand_to` does that expansion and `sum_data_axes`
+the reverse reduction to one number per example. All functions are pure: safe under jit, vmap,
+grad, pmap and shard_map.
 """
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ def expand_to(g: Array, x: Array) -> Array:
   if g.ndim > x.ndim:
     raise ValueError(f"gamma has rank {g.ndim}, more than x's rank {x.ndim}.")
   return g.reshape(g.shape + (1,) * (x.ndim - g.ndim))
+
+
+def sum_data_axes(v: Array) -> Array:
+  """Sums every axis but the first: [B, ...] -> [B] (per-example totals, e.g. nats)."""
+  return jnp.sum(v, axis=tuple(range(1, v.ndim)))
 
 
 def marginal(x: Array, gamma_t: Array) -> tuple[Array, Array]:

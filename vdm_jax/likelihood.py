@@ -68,15 +68,11 @@ def decoder_log_probs(z_0: Array, gamma_0: Array, vocab_size: int = 256) -> Arra
   return jax.nn.log_softmax(decoder_logits(z_0, gamma_0, vocab_size), axis=-1)
 
 
-def _sum_data_axes(v: Array) -> Array:
-  return jnp.sum(v, axis=tuple(range(1, v.ndim)))
-
-
 def recon_loss(x_int: Array, z_0: Array, gamma_0: Array, vocab_size: int = 256) -> Array:
   """-log p(x | z_0) summed over data dimensions: [B] nats."""
   logp = decoder_log_probs(z_0, gamma_0, vocab_size)
   logp_x = jnp.take_along_axis(logp, x_int.astype(jnp.int32)[..., None], axis=-1)[..., 0]
-  return -_sum_data_axes(logp_x)
+  return -diffusion.sum_data_axes(logp_x)
 
 
 def prior_kl(x: Array, gamma_1: Array) -> Array:
@@ -86,7 +82,7 @@ def prior_kl(x: Array, gamma_1: Array) -> Array:
   """
   g = diffusion.expand_to(gamma_1, x)
   kl = 0.5 * (schedules.alpha_sq(g) * (jnp.square(x) - 1.0) + jax.nn.softplus(-g))
-  return _sum_data_axes(jnp.broadcast_to(kl, x.shape))
+  return diffusion.sum_data_axes(jnp.broadcast_to(kl, x.shape))
 
 
 def nats_to_bpd(nats: Array, num_dims: int) -> Array:

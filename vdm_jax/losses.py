@@ -50,11 +50,6 @@ def discretise_times(t: Array, T: int) -> tuple[Array, Array]:
   return (i - 1.0) / T, i / T
 
 
-def sum_data_axes(v: Array) -> Array:
-  """Sums every axis but the first: [B, ...] -> [B]."""
-  return jnp.sum(v, axis=tuple(range(1, v.ndim)))
-
-
 class DiffusionTerms(NamedTuple):
   """What the diffusion integrand is made of, per example ([B] each)."""
   t: Array          # time in [0, 1]
@@ -88,7 +83,7 @@ def diffusion_terms(eps_fn: EpsFn, gamma_fn: GammaFn, x: Array, t: Array, key: A
     (gamma_t, weight), carriers = _variance_tap((gamma_t, weight), (zeros, zeros))
   z_t, eps = diffusion.sample_marginal(key, x, gamma_t)
   eps_hat = eps_fn(z_t, gamma_t)
-  mse = sum_data_axes(jnp.square(eps - eps_hat.astype(jnp.float32)))
+  mse = diffusion.sum_data_axes(jnp.square(eps - eps_hat.astype(jnp.float32)))
   terms = DiffusionTerms(t=t, gamma_t=gamma_t, weight=weight, mse=mse)
   return (terms, carriers) if variance_tap else terms
 

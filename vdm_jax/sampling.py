@@ -56,7 +56,8 @@ class Trajectory(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------
-# Argument checks (all static: they run once per trace, before any compute).
+# Argument checks (all static: they run once per trace, before any compute). `sample` and
+# `sample_model` both go through `check_chain_args`, so they accept and reject the same values.
 
 
 def _check_T(T) -> int:
@@ -140,6 +141,55 @@ def _check_known(shape, vocab_size, known, known_mask):
   return known.astype(jnp.int32), jnp.broadcast_to(jnp.asarray(known_mask), shape)
 
 
+class ChainArgs(NamedTuple):
+  """The checked arguments of one reverse chain (`check_chain_args`).
+
+  shape: the sample shape [B, ...] as a tuple of ints (rank >= 2).
+  vocab_size: int >= 2, discrete values per dimension.
+  T: int >= 1, the number of steps.
+  sampler: "ancestral" or "ddim".
+  eta: the resolved eta, a float in [0, 1] (`resolve_eta`).
+  decode: "argmax" or "sample".
+  trajectory_steps: recorded step indices in chain order (descending), () for none.
+  known: int32 images of `shape`, or None (no inpainting).
+  known_mask: bool, broadcast to `shape`, or None.
+
+  Everything but known / known_mask is static (hashable): it fixes the compiled chain.
+  """
+  shape: tuple[int, ...]
+  vocab_size: int
+  T: int
+  sampler: str
+  eta: float
+  decode: str
+  trajectory_steps: tuple[int, ...]
+  known: Array | None
+  known_mask: Array | None
+
+
+def check_chain_args(shape: Sequence[int], vocab_size: int, *, T: int, sampler: str,
+                     eta: float | None, decode: str, trajectory_steps: int | Sequence[int],
+                     known: Array | None, known_mask: Array | None) -> ChainArgs:
+  """Checks and resolves the arguments of `sample` / `sample_model` (see `sample` for each).
+
+  Raises ValueError / TypeError naming the argument; runs on the host, once per trace.
+  """
+  shape = tuple(int(d) for d in shape)
+  if len(shape) < 2 or any(d < 1 for d in shape):
+    raise ValueError(f"shape must be [batch, ...] with rank >= 2 and positive sizes, got {shape}.")
+  T = _check_T(T)
+  if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or \
+      vocab_size < 2:
+    raise ValueError(f"vocab_size must be an int >= 2, got {vocab_size!r}.")
+  eta = resolve_eta(sampler, eta)
+  if decode not in DECODERS:
+    raise ValueError(f"Unknown decode {decode!r}; choose one of {DECODERS}.")
+  steps = resolve_trajectory_steps(trajectory_steps, T)
+  known, known_mask = _check_known(shape, vocab_size, known, known_mask)
+  return ChainArgs(shape=shape, vocab_size=int(vocab_size), T=T, sampler=sampler, eta=eta,
+                   decode=decode, trajectory_steps=steps, known=known, known_mask=known_mask)
+
+
 # --------------------------------------------------------------------------------------------
 # The sampler.
 
@@ -182,18 +232,10 @@ def sample(eps_fn: EpsFn, gamma_fn: GammaFn, key: Array, shape: Sequence[int], *
   Use under jit with the non-array arguments static, e.g.
   `jax.jit(functools.partial(sample, eps_fn, gamma_fn, shape=(8, 28, 28, 1), T=1000))`.
   """
-  shape = tuple(int(d) for d in shape)
-  if len(shape) < 2 or any(d < 1 for d in shape):
-    raise ValueError(f"shape must be [batch, ...] with rank >= 2 and positive sizes, got {shape}.")
-  T = _check_T(T)
-  if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or \
-      vocab_size < 2:
-    raise ValueError(f"vocab_size must be an int >= 2, got {vocab_size!r}.")
-  eta = resolve_eta(sampler, eta)
-  if decode not in DECODERS:
-    raise ValueError(f"Unknown decode {decode!r}; choose one of {DECODERS}.")
-  steps = resolve_trajectory_steps(trajectory_steps, T)
-  known, known_mask = _check_known(shape, vocab_size, known, known_mask)
+  args = check_chain_args(shape, vocab_size, T=T, sampler=sampler, eta=eta, decode=decode,
+                          trajectory_steps=trajectory_steps, known=known, known_mask=known_mask)
+  shape, vocab_size, T, eta, decode = args.shape, args.vocab_size, args.T, args.eta, args.decode
+  steps, known, known_mask = args.trajectory_steps, args.known, args.known_mask
 
   batch = shape[0]
   key_init, key_steps, key_known, key_decode = jax.random.split(key, 4)
@@ -351,11 +393,9 @@ def sample_model(model, variables: Any, key: Array, num_samples: int, *, T: int,
       num_samples < 1:
     raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}.")
   num_samples = int(num_samples)
-  T = _check_T(T)
-  eta = resolve_eta(sampler, eta)
-  if decode not in DECODERS:
-    raise ValueError(f"Unknown decode {decode!r}; choose one of {DECODERS}.")
-  steps = resolve_trajectory_steps(trajectory_steps, T)
+  args = check_chain_args((num_samples, *model.image_shape), model.vocab_size, T=T,
+                          sampler=sampler, eta=eta, decode=decode,
+                          trajectory_steps=trajectory_steps, known=known, known_mask=known_mask)
   num_classes = int(getattr(model, "num_classes", 0) or 0)
   labels_given = labels is not None
   if labels is not None:
@@ -384,8 +424,7 @@ def sample_model(model, variables: Any, key: Array, num_samples: int, *, T: int,
   else:
     guidance_weight = None
 
-  shape = (num_samples, *model.image_shape)
-  known, known_mask = _check_known(shape, model.vocab_size, known, known_mask)
-  return _sample_model_jit(variables, key, labels, guidance_weight, known, known_mask,
-                           model=model, num_samples=num_samples, T=T, sampler=sampler, eta=eta,
-                           decode=decode, trajectory_steps=steps, guided=guided)
+  return _sample_model_jit(variables, key, labels, guidance_weight, args.known, args.known_mask,
+                           model=model, num_samples=num_samples, T=args.T, sampler=args.sampler,
+                           eta=args.eta, decode=args.decode,
+                           trajectory_steps=args.trajectory_steps, guided=guided)

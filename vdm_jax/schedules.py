@@ -15,12 +15,36 @@ shape) and differentiable in t and in the parameters. Fixed schedules have no pa
 from __future__ import annotations
 
 import math
+import numbers
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+
+# The VDM paper's endpoints (Kingma et al., 2021), the default of every schedule with endpoints.
+# gamma = log(sigma^2 / alpha^2) is a natural-log variance ratio (dimensionless).
+# gamma(0) = -13.3 makes the discrete decoder of 8-bit data near exact: sigma_0 / alpha_0 =
+# exp(-6.65) ~ 1.3e-3, a third of half a bin (1/256). gamma(1) = 5 makes q(z_1 | x) close to
+# N(0, I): alpha_1^2 = sigmoid(-5) ~ 6.7e-3.
+GAMMA_MIN = -13.3
+GAMMA_MAX = 5.0
+
+
+def check_endpoints(gamma_min, gamma_max) -> None:
+  """Raises ValueError unless gamma_min < gamma_max, both finite.
+
+  Checks concrete numbers only (Python or numpy scalars); other values (e.g. traced arrays) pass
+  unchecked, since their values are unknown until run time. The message names no configuration
+  key, so callers can prefix their own.
+  """
+  values = (gamma_min, gamma_max)
+  if not all(isinstance(v, numbers.Real) for v in values):
+    return
+  if not (math.isfinite(gamma_min) and math.isfinite(gamma_max) and gamma_min < gamma_max):
+    raise ValueError(f"gamma_min ({gamma_min}) must be < gamma_max ({gamma_max}), both finite.")
+
 
 # --------------------------------------------------------------------------------------------
 # Helpers: everything derived from gamma.
@@ -69,11 +93,19 @@ def _inverse_softplus(y: float) -> float:
 # Schedules.
 
 
-class FixedLinear(nn.Module):
-  """gamma(t) = gamma_min + (gamma_max - gamma_min) t, no parameters."""
+class _EndpointSchedule(nn.Module):
+  """A schedule with endpoints gamma(0) = gamma_min < gamma(1) = gamma_max, checked when built."""
 
-  gamma_min: float = -13.3
-  gamma_max: float = 5.0
+  gamma_min: float = GAMMA_MIN
+  gamma_max: float = GAMMA_MAX
+
+  def __post_init__(self):
+    check_endpoints(self.gamma_min, self.gamma_max)
+    super().__post_init__()
+
+
+class FixedLinear(_EndpointSchedule):
+  """gamma(t) = gamma_min + (gamma_max - gamma_min) t, no parameters."""
 
   @nn.compact
   def __call__(self, t: Array) -> Array:
@@ -90,11 +122,12 @@ class _Endpoints(nn.Module):
   gamma_min_init: float
   gamma_max_init: float
 
+  def __post_init__(self):
+    check_endpoints(self.gamma_min_init, self.gamma_max_init)
+    super().__post_init__()
+
   @nn.compact
   def __call__(self) -> tuple[Array, Array]:
-    if not self.gamma_min_init < self.gamma_max_init:
-      raise ValueError(
-          f"gamma_min ({self.gamma_min_init}) must be < gamma_max ({self.gamma_max_init}).")
     g0 = self.param("gamma_min", nn.initializers.constant(self.gamma_min_init), (), jnp.float32)
     raw = self.param(
         "log_range",
@@ -103,14 +136,12 @@ class _Endpoints(nn.Module):
     return g0, g0 + jax.nn.softplus(raw)
 
 
-class LearnedLinear(nn.Module):
+class LearnedLinear(_EndpointSchedule):
   """gamma(t) = gamma_min + (gamma_max - gamma_min) t with both endpoints learnable.
 
-  Increasing by construction: gamma_max - gamma_min = softplus(parameter) > 0.
+  gamma_min / gamma_max are the initial endpoints. Increasing by construction:
+  gamma_max - gamma_min = softplus(parameter) > 0.
   """
-
-  gamma_min: float = -13.3
-  gamma_max: float = 5.0
 
   @nn.compact
   def __call__(self, t: Array) -> Array:
@@ -132,7 +163,7 @@ class _DenseMonotone(nn.Dense):
     return y
 
 
-class MonotoneNet(nn.Module):
+class MonotoneNet(_EndpointSchedule):
   """The paper's learnable monotone schedule, with exact learnable endpoints.
 
       f(t) = t + l3(sigmoid(l2(2t - 1)) - 1/2) / n_features      (l2, l3 with |W|: monotone)
@@ -141,11 +172,9 @@ class MonotoneNet(nn.Module):
   f is strictly increasing (its linear part has slope 1), so gamma is strictly increasing and
   gamma(0) = gamma_min, gamma(1) = gamma_max exactly, where both endpoints are parameters (the
   original formulation adds the non-linear part unnormalised, so its endpoints drift away from
-  the learned gamma_min / gamma_max).
+  the learned gamma_min / gamma_max). gamma_min / gamma_max are the initial endpoints.
   """
 
-  gamma_min: float = -13.3
-  gamma_max: float = 5.0
   n_features: int = 1024
 
   @nn.compact
@@ -187,15 +216,12 @@ class DDPMLinear(nn.Module):
     return c + jnp.log(-jnp.expm1(-c))
 
 
-class Cosine(nn.Module):
+class Cosine(_EndpointSchedule):
   """The cosine schedule (alpha = cos theta, sigma = sin theta) truncated to [gamma_min, gamma_max].
 
   gamma(t) = 2 log tan(theta(t)), theta linear in t from atan(exp(gamma_min / 2)) to
   atan(exp(gamma_max / 2)). No parameters.
   """
-
-  gamma_min: float = -13.3
-  gamma_max: float = 5.0
 
   @nn.compact
   def __call__(self, t: Array) -> Array:
@@ -215,12 +241,16 @@ SCHEDULES = {
 }
 
 
-def make_schedule(name: str, gamma_min: float = -13.3, gamma_max: float = 5.0) -> nn.Module:
-  """Builds a schedule by name (`SCHEDULES`). DDPMLinear ignores the endpoints (they are fixed)."""
+def make_schedule(name: str, gamma_min: float = GAMMA_MIN,
+                  gamma_max: float = GAMMA_MAX) -> nn.Module:
+  """Builds a schedule by name (`SCHEDULES`).
+
+  The endpoints are checked (`check_endpoints`) for every name, so a configuration error shows
+  even where DDPMLinear ignores them (its endpoints are fixed by its betas).
+  """
   if name not in SCHEDULES:
     raise ValueError(f"Unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}.")
-  if not gamma_min < gamma_max:
-    raise ValueError(f"gamma_min ({gamma_min}) must be < gamma_max ({gamma_max}).")
+  check_endpoints(gamma_min, gamma_max)
   if name == "ddpm_linear":
     return DDPMLinear()
   return SCHEDULES[name](gamma_min=gamma_min, gamma_max=gamma_max)
