@@ -5,7 +5,8 @@
     python benchmarks/bench.py --config=small --what=sample --sample_T=20
     python benchmarks/bench.py --config=quickstart --what=eval
 
-Configs (see `CONFIGS`):
+Configs (see `CONFIGS`; each is experiments/configs/base.py's `get_config()` plus overrides, and
+goes through `vdm_jax.config.resolve` for one device, so a bad override gets its error):
   quickstart  experiments/configs/quickstart.py as it is (its batch size).
   small       the reference small model: VDMScoreNet n_embd=64, n_layer=4, Fourier features,
               28x28x1, batch 64 (1.32M parameters).
@@ -13,10 +14,10 @@ Configs (see `CONFIGS`):
               dropout 0.1, 32x32x3, batch 8 (30.6M parameters).
 
 What is measured (one device, the first of `jax.devices()`):
-  train   the real step: `train.make_train_step` (AdamW from `train.make_optimizer`, EMA, clipping,
-          metrics), jitted, one optimizer step per call. `compile_s` is trace + lowering + XLA
-          compile of that step; `step_s` the median of `--steps` timed calls after `--warmup`
-          untimed ones (each call waits for its result).
+  train   the real step: `training.make_train_step` (AdamW from `training.make_optimizer`, EMA,
+          clipping, metrics), jitted, one optimizer step per call. `compile_s` is trace +
+          lowering + XLA compile of that step; `step_s` the median of `--steps` timed calls after
+          `--warmup` untimed ones (each call waits for its result).
   sample  `sampling.sample_model` with 16 images (`--sample_batch`), one whole compiled chain of
           `--sample_T` steps per sampler (ancestral, ddim with eta=0); the chain time (median of
           `--sample_repeats` calls after the compiling one) divided by the steps is
@@ -28,7 +29,8 @@ What is measured (one device, the first of `jax.devices()`):
 per process. Nothing here sets XLA_FLAGS: whatever the environment sets is reported.
 Random data (uint8 images) and freshly initialised parameters: the speed does not depend on them.
 `--workdir` restores the EMA parameters of a run's latest checkpoint instead, with the run's own
-config (`<workdir>/config.json`), e.g. for sample grids of a trained model with DDIM and 50 steps:
+config (`<workdir>/config.json`, read by `config.from_json`), e.g. for sample grids of a
+trained model with DDIM and 50 steps:
 `--what=sample --workdir=/tmp/qs --sample_T=50 --png=/tmp/qs_samples.png`.
 """
 from __future__ import annotations
@@ -36,7 +38,6 @@ from __future__ import annotations
 import argparse
 import ast
 import functools
-import importlib.util
 import json
 import os
 import platform
@@ -52,54 +53,47 @@ if str(REPO) not in sys.path:
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vdm_jax import evaluation, parallel, sampling, train  # noqa: E402
+from experiments.configs import base, quickstart  # noqa: E402
+from vdm_jax import config as config_lib  # noqa: E402
+from vdm_jax import evaluation, parallel, sampling, training  # noqa: E402
 from vdm_jax import model as model_lib  # noqa: E402
 
 
 # ============================================================================ configs
 
 
-def _common(image_shape, batch_size, network, net_kwargs, dataset):
-  c = ml_collections.ConfigDict()
-  c.data = dict(name=dataset, data_dir=ml_collections.config_dict.placeholder(str))
-  c.model = dict(network=network, **{network: net_kwargs}, image_shape=image_shape,
-                 vocab_size=256, schedule="learned_linear", gamma_min=-13.3, gamma_max=5.0,
-                 T=0, antithetic=True, num_classes=0, dtype="float32")
-  c.training = dict(seed=0, batch_size=batch_size, num_steps=1_000_000, steps_per_call=1,
-                    label_dropout=0.0)
-  # The official VDM optimizer settings (AdamW, lr 2e-4, clipping at 1, EMA 0.9999).
-  c.optimizer = dict(lr=2e-4, warmup_steps=100, decay="none", weight_decay=0.01,
-                     ema_rate=0.9999, grad_clip=1.0)
-  c.eval = dict(num_time_samples=1, batch_size=batch_size)
-  c.sampling = dict(sampler="ancestral", T=256, num_samples=16, eta=1.0)
-  return ml_collections.ConfigDict(c)
+def _vdm_unet_config(dataset, image_shape, batch_size, **network):
+  """base.get_config() with the vdm_unet network (`network`: its attributes that differ from
+  base.py's, which are the paper's network) rematerialised, one optimizer step per call, the
+  official VDM optimizer settings (base.py's AdamW, lr 2e-4, clipping at 1, EMA 0.9999, with 100
+  warm-up steps) and evaluation batches of the training batch's size."""
+  c = base.get_config()
+  c.data.name = dataset
+  c.model.network = "vdm_unet"
+  c.model.image_shape = image_shape
+  c.model.vdm_unet.update(remat=True, **network)
+  c.training.update(batch_size=batch_size, steps_per_call=1)
+  c.optimizer.warmup_steps = 100
+  c.eval.batch_size = batch_size
+  return c
 
 
 def small_config():
   """The reference small model (the official code's small VDM network, 1.32M parameters).
   remat=True: 2.8 instead of 4.3 GiB peak and no slower on CPU (benchmarks/README.md)."""
-  return _common((28, 28, 1), 64, "vdm_unet",
-                 dict(n_embd=64, n_layer=4, with_fourier_features=True, with_attention=False,
-                      dropout=0.1, remat=True, fast_conv_grad=True), "fashion_mnist")
+  return _vdm_unet_config("fashion_mnist", (28, 28, 1), 64, n_embd=64, n_layer=4)
 
 
 def paper_config():
   """The paper's CIFAR-10 network (30.6M parameters), batch 8. remat=True: 2.4 instead of
   6.2 GiB peak and no slower on CPU (benchmarks/README.md)."""
-  return _common((32, 32, 3), 8, "vdm_unet",
-                 dict(n_embd=128, n_layer=32, with_fourier_features=True, with_attention=False,
-                      dropout=0.1, remat=True, fast_conv_grad=True), "cifar10")
+  return _vdm_unet_config("cifar10", (32, 32, 3), 8)
 
 
 def quickstart_config():
-  path = REPO / "experiments" / "configs" / "quickstart.py"
-  spec = importlib.util.spec_from_file_location("quickstart_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return quickstart.get_config()
 
 
 CONFIGS = {"quickstart": quickstart_config, "small": small_config, "paper": paper_config}
@@ -145,19 +139,13 @@ def _apply_override(cfg, item: str) -> None:
     raise SystemExit(f"--set {item}: {e}") from None
 
 
-def _tuples(x):
-  if isinstance(x, dict):
-    return {k: _tuples(v) for k, v in x.items()}
-  if isinstance(x, list):
-    return tuple(_tuples(v) for v in x)
-  return x
-
-
-def build_config(args):
+def build_config(args) -> config_lib.RunSpec:
+  """The named config (or `<workdir>/config.json`) with the flags' overrides, resolved for one
+  device; an invalid result exits with `config.resolve`'s message."""
   run_config = Path(args.workdir) / "config.json" if getattr(args, "workdir", None) else None
   if run_config is not None and run_config.is_file():
     # A trained run: its own resolved config, so that the checkpoint matches the model.
-    cfg = ml_collections.ConfigDict(_tuples(json.loads(run_config.read_text())))
+    cfg = config_lib.from_json(run_config.read_text())
   else:
     cfg = CONFIGS[args.config]()
   net = cfg.model.network
@@ -173,7 +161,10 @@ def build_config(args):
     cfg.model[net]["scan"] = args.scan
   for item in args.set or ():
     _apply_override(cfg, item)
-  return cfg
+  try:
+    return config_lib.resolve(cfg, num_devices=1, num_processes=1)
+  except (TypeError, ValueError) as e:
+    raise SystemExit(f"invalid config: {e}") from None
 
 
 # ============================================================================ helpers
@@ -272,29 +263,25 @@ def r(x, nd=4):
   return float(f"{x:.{nd}g}")
 
 
-def init_params(model, cfg, args, mesh):
+def init_params(model, spec, args, mesh):
   """EMA parameters of a checkpoint (`--workdir`) or freshly initialised ones."""
   if args.workdir:
-    _, state, step = train.restore_ema_params(cfg, args.workdir, mesh=mesh)
+    _, state, step = training.restore_state(spec, args.workdir, mesh=mesh)
     return state.ema_params, {"checkpoint": str(args.workdir), "checkpoint_step": step}
-  key = jax.random.PRNGKey(int(cfg.training.seed))
-  params = jax.jit(lambda k: model_lib.init(model, k)["params"])(key)
+  key = jax.random.PRNGKey(spec.training.seed)
+  params = jax.jit(lambda k: model_lib.init_variables(model, k)["params"])(key)
   return params, {}
 
 
 # ============================================================================ benchmarks
 
 
-def bench_train(cfg, model, args, mesh, timer) -> dict:
-  batch = int(cfg.training.batch_size)
-  num_steps = int(cfg.training.num_steps)
-  optimizer = train.make_optimizer(cfg.optimizer, num_steps)
-  lr_fn = train.learning_rate_schedule(cfg.optimizer, num_steps)
-  state = train.init_state(model, optimizer, int(cfg.training.seed), mesh)
+def bench_train(spec, model, args, mesh, timer) -> dict:
+  batch = spec.training.batch_size
+  optimizer = training.make_optimizer(spec.optimizer, spec.training.num_steps)
+  state = training.create_state(model, optimizer, spec.training.seed, mesh)
   jax.block_until_ready(state)
-  step_fn = train.make_train_step(
-      model, optimizer, mesh, ema_rate=float(cfg.optimizer.ema_rate), lr_schedule=lr_fn,
-      label_dropout=float(cfg.training.get("label_dropout", 0.0)))
+  step_fn = training.make_train_step(model, optimizer, mesh, ema_rate=spec.optimizer.ema_rate)
   rng = np.random.default_rng(0)
   host = {"image": random_images(rng, batch, model.image_shape, model.vocab_size)[None]}
   if model.num_classes:
@@ -346,8 +333,8 @@ def bench_train(cfg, model, args, mesh, timer) -> dict:
   return out
 
 
-def bench_sample(cfg, model, args, mesh, timer) -> dict:
-  params, extra = init_params(model, cfg, args, mesh)
+def bench_sample(spec, model, args, mesh, timer) -> dict:
+  params, extra = init_params(model, spec, args, mesh)
   variables = {"params": params}
   n = args.sample_batch
   T = args.sample_T or SAMPLE_T[args.config]
@@ -391,16 +378,14 @@ def bench_sample(cfg, model, args, mesh, timer) -> dict:
   return out
 
 
-def eval_batch_size(cfg, args) -> int:
-  if args.eval_batch_size:
-    return args.eval_batch_size
-  return int((cfg.get("eval") or {}).get("batch_size") or cfg.training.batch_size)
+def eval_batch_size(spec, args) -> int:
+  return args.eval_batch_size or spec.eval.batch_size
 
 
-def bench_eval(cfg, model, args, mesh, timer) -> dict:
-  params, extra = init_params(model, cfg, args, mesh)
+def bench_eval(spec, model, args, mesh, timer) -> dict:
+  params, extra = init_params(model, spec, args, mesh)
   variables = {"params": params}
-  batch = eval_batch_size(cfg, args)
+  batch = eval_batch_size(spec, args)
   rng = np.random.default_rng(1)
 
   def batches(k):
@@ -474,24 +459,24 @@ def main(argv=None) -> dict:
   args = make_parser().parse_args(argv)
 
   timer = CompileTimer()
-  cfg = build_config(args)
-  model = model_lib.from_config(cfg.model)
+  spec = build_config(args)
+  model = spec.model.build()
   mesh = parallel.make_mesh(jax.devices()[:1])
-  net_cfg = dict(cfg.model[cfg.model.network])
+  net_cfg = dict(spec.model.network_kwargs)
   result = {
       **device_info(), "config": args.config, "what": args.what,
       "batch_size": (args.sample_batch if args.what == "sample" else
-                     eval_batch_size(cfg, args) if args.what == "eval"
-                     else int(cfg.training.batch_size)),
-      "network": cfg.model.network, "dtype": cfg.model.get("dtype", "float32"),
+                     eval_batch_size(spec, args) if args.what == "eval"
+                     else spec.training.batch_size),
+      "network": spec.model.network, "dtype": spec.model.dtype,
       "remat": bool(net_cfg.get("remat", False)),
-      "scan": bool(net_cfg.get("scan", True)) if cfg.model.network == "vdm_unet" else None,
+      "scan": bool(net_cfg.get("scan", True)) if spec.model.network == "vdm_unet" else None,
       "image_shape": list(model.image_shape),
   }
   bench = {"train": bench_train, "sample": bench_sample, "eval": bench_eval}[args.what]
   t0 = time.perf_counter()
   watch = CpuWatch()
-  result.update(bench(cfg, model, args, mesh, timer))
+  result.update(bench(spec, model, args, mesh, timer))
   result["total_s"] = r(time.perf_counter() - t0)
   result["other_processes_cpu_cores"] = watch.other_load()
   result["peak_rss_mib"] = peak_rss_mib()

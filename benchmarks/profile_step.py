@@ -6,13 +6,14 @@
 Parts (each jitted on its own, one device):
   forward   the score network's forward pass (eps_hat), train=False.
   net_grad  gradient of mean(eps_hat^2) with respect to the network's parameters (train=True).
-  loss_grad value and gradient of the training objective (`train.loss_fn`).
-  train     the real train step (`train.make_train_step`, one step per call).
+  loss_grad value and gradient of the training objective (`training.loss_fn`).
+  train     the real train step (`training.make_train_step`, one step per call).
 
 Prints ONE JSON object: compile seconds, median seconds per call, the HLO size of the compiled
 program, and the top ops of a `jax.profiler` trace of `--trace_calls` calls aggregated by HLO
 op name (on CPU these are the XLA:CPU thunks: convolutions, dots, fusions, while loops...),
-plus totals per op kind.  Takes the same config flags as bench.py.
+plus totals per op kind.  Takes the same config flags as bench.py (same configs, resolved by
+`vdm_jax.config.resolve` for one device).
 """
 from __future__ import annotations
 
@@ -35,16 +36,17 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vdm_jax import model as model_lib  # noqa: E402
-from vdm_jax import parallel, train  # noqa: E402
+from vdm_jax import parallel, training  # noqa: E402
 
 
-def make_part(part, cfg, model, mesh, copts=None):
-  """(callable taking no arguments and returning arrays, compiled object for HLO stats)."""
-  batch = int(cfg.training.batch_size)
+def make_part(part, spec, model, mesh, copts=None):
+  """(callable taking no arguments and returning arrays, compiled object for HLO stats).
+  spec: the `config.RunSpec` (bench.build_config); model: its `spec.model.build()`."""
+  batch = spec.training.batch_size
   rng = np.random.default_rng(0)
   images = jnp.asarray(bench.random_images(rng, batch, model.image_shape, model.vocab_size))
   key = jax.random.PRNGKey(0)
-  params = jax.jit(lambda k: model_lib.init(model, k)["params"])(key)
+  params = jax.jit(lambda k: model_lib.init_variables(model, k)["params"])(key)
   net = model.network
   z = jnp.asarray(rng.standard_normal((batch, *model.image_shape)), jnp.float32)
   cond = jnp.asarray(rng.uniform(size=(batch,)), jnp.float32)
@@ -59,13 +61,13 @@ def make_part(part, cfg, model, mesh, copts=None):
     fn = jax.jit(jax.grad(f))
     args = (params, z, cond, key)
   elif part == "loss_grad":
-    g = jax.value_and_grad(functools.partial(train.loss_fn, model, train=True), has_aux=True)
+    g = jax.value_and_grad(functools.partial(training.loss_fn, model, train=True), has_aux=True)
     fn = jax.jit(g)
     args = (params, {"image": images}, key)
   elif part == "train":
-    optimizer = train.make_optimizer(cfg.optimizer, int(cfg.training.num_steps))
-    state = train.init_state(model, optimizer, 0, mesh)
-    step = train.make_train_step(model, optimizer, mesh, ema_rate=0.9999)
+    optimizer = training.make_optimizer(spec.optimizer, spec.training.num_steps)
+    state = training.create_state(model, optimizer, 0, mesh)
+    step = training.make_train_step(model, optimizer, mesh, ema_rate=0.9999)
     batches = parallel.shard_batch({"image": np.asarray(images)[None]}, mesh, batch_dim=1)
     t0 = time.perf_counter()
     compiled = step.lower(state, batches).compile(compiler_options=copts)
@@ -165,20 +167,20 @@ def main(argv=None) -> dict:
                  help="XLA compiler option for this compile only, e.g. "
                  "--xla xla_backend_optimization_level=1 (repeatable)")
   args = p.parse_args(argv)
-  cfg = bench.build_config(args)
-  model = model_lib.from_config(cfg.model)
+  spec = bench.build_config(args)
+  model = spec.model.build()
   mesh = parallel.make_mesh(jax.devices()[:1])
   copts = {}
   for item in args.xla or ():
     k, _, v = item.partition("=")
     copts[k] = {"true": True, "false": False}.get(v.lower(), int(v) if v.isdigit() else v)
-  call, compiled, compile_s = make_part(args.part, cfg, model, mesh, copts or None)
+  call, compiled, compile_s = make_part(args.part, spec, model, mesh, copts or None)
   if args.dump_hlo:
     Path(args.dump_hlo).write_text(compiled.as_text())
   jax.block_until_ready(call())
   times = bench.timed(call, args.steps)
-  out = {"config": args.config, "part": args.part, "batch_size": int(cfg.training.batch_size),
-         "dtype": cfg.model.get("dtype", "float32"), "xla_options": copts,
+  out = {"config": args.config, "part": args.part, "batch_size": spec.training.batch_size,
+         "dtype": spec.model.dtype, "xla_options": copts,
          "compile_s": round(compile_s, 3),
          "median_s": round(statistics.median(times), 4), **hlo_stats(compiled)}
   if args.trace_calls:

@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench  # noqa: E402
 import profile_step  # noqa: E402
 
+from experiments.configs import base  # noqa: E402
+from vdm_jax import config as config_lib  # noqa: E402
 from vdm_jax import model as model_lib  # noqa: E402
 
 TINY = ["--config=small", "--set", "model.vdm_unet.n_embd=8", "--set", "model.vdm_unet.n_layer=1"]
@@ -20,10 +22,36 @@ TINY = ["--config=small", "--set", "model.vdm_unet.n_embd=8", "--set", "model.vd
 
 @pytest.mark.parametrize("name,params", [("small", 1_324_481), ("paper", 30_577_539)])
 def test_reference_configs_have_the_documented_parameter_counts(name, params):
-  model = model_lib.from_config(bench.CONFIGS[name]().model)
-  shapes = jax.eval_shape(lambda k: model_lib.init(model, k)["params"], jax.random.PRNGKey(0))
+  model = config_lib.resolve(bench.CONFIGS[name](), num_devices=1).model.build()
+  shapes = jax.eval_shape(lambda k: model_lib.init_variables(model, k)["params"],
+                          jax.random.PRNGKey(0))
   assert model_lib.param_count(shapes["network"]) == params
   assert model_lib.param_count(shapes["gamma_module"]) == 2   # learned linear schedule
+
+
+def _paths(tree, prefix=""):
+  return {p for k, v in tree.items()
+          for p in (_paths(v, f"{prefix}{k}.") if hasattr(v, "items") else {f"{prefix}{k}"})}
+
+
+@pytest.mark.parametrize("name", sorted(bench.CONFIGS))
+def test_configs_are_base_plus_overrides(name):
+  # No second copy of the config layout: every config has exactly base.py's fields.
+  assert _paths(bench.CONFIGS[name]()) == _paths(base.get_config())
+
+
+def _namespace(**kwargs):
+  defaults = dict(config="small", workdir=None, batch_size=None, dtype=None, remat=None,
+                  scan=None, set=None)
+  return bench.argparse.Namespace(**{**defaults, **kwargs})
+
+
+def test_workdir_config_json_is_the_runs_own(tmp_path):
+  run = bench.build_config(_namespace(set=["model.vdm_unet.n_layer=1", "training.batch_size=16"]))
+  (tmp_path / "config.json").write_text(run.to_json())
+  assert bench.build_config(_namespace(config="paper", workdir=str(tmp_path))) == run
+  resized = bench.build_config(_namespace(config="paper", workdir=str(tmp_path), batch_size=4))
+  assert resized.training.batch_size == 4 and resized.model == run.model
 
 
 def test_train_benchmark_reports_a_finite_step_and_consistent_throughput(tmp_path):
@@ -72,12 +100,23 @@ def test_profile_step_attributes_time_to_ops():
     ("model.vdm_unet.n_layr=2", "has no key 'n_layr'"),
     ("modle.x=1", "the config has no key 'modle'"),
     ("model.vdm_unet.n_layer=two", "n_layer"),
+    # Past the keys, the values get config.resolve's checks.
+    ("model.dtype='float16'", "config.model.dtype must be one of 'float32', 'bfloat16'"),
+    ("training.batch_size=0", "config.training.batch_size must be an int >= 1"),
+    ("data.name='cifar10'", "does not match dataset 'cifar10'"),
 ])
 def test_bad_overrides_are_refused_with_the_valid_keys(item, message):
   with pytest.raises(SystemExit, match=message):
-    bench.build_config(bench.argparse.Namespace(
-        config="small", workdir=None, batch_size=None, dtype=None, remat=None, scan=None,
-        set=[item]))
+    bench.build_config(_namespace(set=[item]))
+
+
+def test_overrides_and_flags_reach_the_resolved_spec():
+  spec = bench.build_config(_namespace(batch_size=4, dtype="bfloat16", remat=False, scan=False,
+                                       set=["model.vdm_unet.n_layer=1"]))
+  assert isinstance(spec, config_lib.RunSpec) and spec.training.batch_size == 4
+  assert spec.eval.batch_size == 64 and spec.model.dtype == "bfloat16"
+  net = dict(spec.model.network_kwargs)
+  assert (net["n_layer"], net["n_embd"], net["remat"], net["scan"]) == (1, 64, False, False)
 
 
 def test_documented_benchmark_commands_parse():
@@ -96,8 +135,8 @@ def test_documented_ablation_overrides_reach_the_network():
   items = re.findall(r"--set (model\.vdm_unet\.\w+=\w+)", text)
   assert "model.vdm_unet.fast_conv_grad=False" in items
   for item in items:
-    cfg = bench.build_config(bench.make_parser().parse_args(["--config=small", "--set", item]))
-    network = model_lib.from_config(cfg.model).network
+    spec = bench.build_config(bench.make_parser().parse_args(["--config=small", "--set", item]))
+    network = spec.model.build().network
     key, value = item.split(".")[-1].split("=")
     assert getattr(network, key) == ast.literal_eval(value), item
 
