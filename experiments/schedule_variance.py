@@ -18,7 +18,8 @@ import numpy as np
 from absl import app, flags
 
 from experiments.configs import quickstart
-from vdm_jax import data, likelihood, losses, train
+from vdm_jax import config as config_lib
+from vdm_jax import data, likelihood, losses, training
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for the two runs.")
@@ -60,9 +61,10 @@ def main(argv):
     config.model.update(overrides)
     if FLAGS.num_steps:
       config.training.num_steps = FLAGS.num_steps
+    spec = config_lib.resolve(config)
     workdir = Path(FLAGS.workdir) / name
-    result = train.train_and_evaluate(config, str(workdir))
-    model, state, step = train.restore_ema_params(config, str(workdir))
+    result = training.train_and_evaluate(spec, workdir)
+    model, state, step = training.restore_state(spec, workdir)
     mean_std, se = estimator_spread(model, state.ema_params, images, jax.random.PRNGKey(0),
                                     FLAGS.num_draws)
     gamma = model.apply({"params": state.ema_params}, np.linspace(0, 1, 5, dtype=np.float32),

@@ -37,21 +37,13 @@ flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (severa
 flags.mark_flag_as_required("workdir")
 
 
-def _tuples(value):
-  """JSON lists back to tuples (config fields like ch_mult must stay hashable)."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
-
-
 def load_workdir_config(workdir: str) -> config_dict.ConfigDict:
   """The resolved config a training run saved in <workdir>/config.json."""
   path = Path(workdir) / "config.json"
   if not path.exists():
     raise FileNotFoundError(f"No --config given and no {path}: pass --config=<config file>.")
-  return config_dict.ConfigDict(_tuples(json.loads(path.read_text())))
+  from vdm_jax import config as config_lib
+  return config_lib.from_json(path.read_text())
 
 
 def main(argv):
@@ -59,7 +51,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   from vdm_jax import parallel
   parallel.initialize_distributed(FLAGS.multihost)
-  from vdm_jax import train
+  from vdm_jax import config as config_lib
+  from vdm_jax import training
 
   # Our progress lines at INFO; orbax's own INFO chatter only with an explicit --verbosity.
   py_logging.getLogger("vdm_jax").setLevel(py_logging.INFO)
@@ -72,16 +65,17 @@ def main(argv):
       raise app.UsageError("--config is required for --mode=train.")
     config = load_workdir_config(FLAGS.workdir)
 
+  spec = config_lib.resolve(config)   # every check, before anything is read or written
   if FLAGS.mode == "train":
-    train.train_and_evaluate(config, FLAGS.workdir)
+    training.train_and_evaluate(spec, FLAGS.workdir)
   elif FLAGS.mode == "eval":
-    record = train.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint_step)
+    record = training.evaluate_checkpoint(spec, FLAGS.workdir, FLAGS.checkpoint_step)
     print(f"step {record['step']}: test bpd {record['eval/bpd']:.4f} +- "
           f"{record['eval/bpd_se']:.4f} over {record['eval/num_images']} images")
     print(json.dumps(record))
   else:
-    out = train.sample_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint_step,
-                                  FLAGS.num_samples, seed=FLAGS.sample_seed)
+    out = training.sample_checkpoint(spec, FLAGS.workdir, FLAGS.checkpoint_step,
+                                     FLAGS.num_samples, seed=FLAGS.sample_seed)
     print(f"step {out['step']}: wrote {len(out['images'])} samples to {out['png']} and "
           f"{out['npz']}")
 

@@ -161,7 +161,8 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from experiments.configs import quickstart
-from vdm_jax import data, logging_utils, sampling, train
+from vdm_jax import config as config_lib
+from vdm_jax import data, logging_utils, sampling, training
 
 config = quickstart.get_config()
 config.model.num_classes = 10            # Fashion-MNIST's classes; null label = 10
@@ -171,8 +172,9 @@ if FAST:                                 # the tests' setting: seconds, not minu
   config.training.num_steps = 20
   config.training.log_every = 5
   config.sampling.T = 16
+spec = config_lib.resolve(config)        # every field checked before anything runs
 workdir = tempfile.mkdtemp(prefix="vdm_notebook_")
-result = train.train_and_evaluate(config, workdir)
+result = training.train_and_evaluate(spec, workdir)
 print({k: v for k, v in result.items() if k.startswith("eval/")})'''),
     new_code_cell('''\
 metrics = logging_utils.read_metrics(workdir)
@@ -191,9 +193,9 @@ grid = sorted(glob.glob(f"{workdir}/samples/step_*.png"))[-1]
 plt.figure(figsize=(5, 5)); plt.imshow(Image.open(grid), cmap="gray"); plt.axis("off"); plt.title(grid.split("/")[-1]); plt.show()'''),
     new_code_cell('''\
 # A denoising trajectory: x_hat(z_t) as t goes from 1 to 0.
-model, state, step = train.restore_ema_params(config, workdir)
+model, state, step = training.restore_state(spec, workdir)
 variables = {"params": state.ema_params}
-T = int(config.sampling.T)
+T = spec.sampling.T
 images, traj = sampling.sample_model(model, variables, jax.random.PRNGKey(0), 4, T=T,
                                      labels=jnp.arange(4), trajectory_steps=8)
 fig, axes = plt.subplots(4, 9, figsize=(13, 6))

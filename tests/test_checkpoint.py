@@ -10,14 +10,14 @@ import numpy as np
 import optax
 import pytest
 
-from vdm_jax import checkpoint, parallel, train
+from vdm_jax import checkpoint, parallel, training
 
 
-def make_state(value: float, shape=(3, 4)) -> train.TrainState:
+def make_state(value: float, shape=(3, 4)) -> training.TrainState:
   params = {"dense": {"kernel": jnp.full(shape, value), "bias": jnp.arange(shape[-1]) * value},
             "gamma_module": {"endpoints": {"gamma_min": jnp.float32(-13.3)}}}
-  tx = optax.adamw(1e-3, mask=train.decay_mask)
-  return train.TrainState(step=jnp.int32(int(value)), params=params,
+  tx = optax.adamw(1e-3, mask=training.decay_mask)
+  return training.TrainState(step=jnp.int32(int(value)), params=params,
                           ema_params=jax.tree_util.tree_map(lambda x: x * 0.5, params),
                           opt_state=tx.init(params), rng=jax.random.PRNGKey(int(value)))
 

@@ -92,5 +92,5 @@ def test_cli_bad_config_message(tmp_path):
        f"--workdir={tmp_path / 'w'}", "--config.model.gamma_min=6.0"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
-  assert "config.model.gamma_min (6.0) must be < config.model.gamma_max (5.0)" in proc.stderr
+  assert "config.model: gamma_min (6.0) must be < gamma_max (5.0)" in proc.stderr
   assert not (tmp_path / "w").exists()

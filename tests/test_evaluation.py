@@ -190,7 +190,7 @@ def test_real_tiny_vdm_padded_pass():
                   num_classes=2)
   model = vdm_model.VDM(network=net, image_shape=(4, 4, 1), vocab_size=256, num_classes=2)
   # RBG keys: a fraction of threefry's CPU compile time for the network's init.
-  variables = jax.jit(lambda k: vdm_model.init(model, k))(jax.random.key(0, impl="rbg"))
+  variables = jax.jit(lambda k: vdm_model.init_variables(model, k))(jax.random.key(0, impl="rbg"))
   rng = np.random.default_rng(0)
 
   def batches():

@@ -1,21 +1,24 @@
 """The VDM module: configuration, validation, the loss through a real network, bf16, labels."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from experiments.configs import cifar10_paper
+from vdm_jax import config as config_lib
 from vdm_jax import losses, model as vdm_model, nets
 
 TINY_UNET = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.1)
 RNGS = {"sample": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2)}
 
 
-def _config(**overrides):
-  cfg = dict(network="unet", unet=TINY_UNET, image_shape=(8, 8, 1), vocab_size=256,
-             schedule="learned_linear", gamma_min=-13.3, gamma_max=5.0)
-  cfg.update(overrides)
-  return cfg
+def _model(dtype=None, num_classes=0, **attrs) -> vdm_model.VDM:
+  """A VDM over 8x8x1 images with a tiny U-Net (compute dtype `dtype`)."""
+  net_kwargs = dict(TINY_UNET, num_classes=num_classes)
+  if dtype is not None:
+    net_kwargs["dtype"] = jnp.dtype(dtype)
+  attrs = dict(dict(image_shape=(8, 8, 1), schedule="learned_linear"), **attrs)
+  return vdm_model.VDM(network=nets.UNet(**net_kwargs), num_classes=num_classes, **attrs)
 
 
 def _perturbed(variables, scale=0.05, seed=0):
@@ -27,8 +30,8 @@ def _perturbed(variables, scale=0.05, seed=0):
 
 
 def test_loss_through_unet_is_finite_per_example_and_matches_objective():
-  m = vdm_model.from_config(_config())
-  variables = vdm_model.init(m, jax.random.PRNGKey(0))
+  m = _model()
+  variables = vdm_model.init_variables(m, jax.random.PRNGKey(0))
   x = jax.random.randint(jax.random.PRNGKey(3), (4, 8, 8, 1), 0, 256).astype(jnp.uint8)
   loss = m.apply(variables, x, train=True, rngs=RNGS)
   for term in loss:
@@ -40,8 +43,8 @@ def test_loss_through_unet_is_finite_per_example_and_matches_objective():
 
 def test_zero_initialised_unet_gives_closed_form_loss():
   """At init the UNet outputs eps_hat = 0 exactly, so E[L_diff] = 0.5 D (gamma_max - gamma_min)."""
-  m = vdm_model.from_config(_config(schedule="fixed_linear"))
-  variables = vdm_model.init(m, jax.random.PRNGKey(0))
+  m = _model(schedule="fixed_linear")
+  variables = vdm_model.init_variables(m, jax.random.PRNGKey(0))
   z = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 1))
   np.testing.assert_array_equal(m.apply(variables, z, jnp.zeros(3), method=m.eps), 0.0)
   x = jnp.zeros((256, 8, 8, 1), jnp.uint8)
@@ -51,8 +54,8 @@ def test_zero_initialised_unet_gives_closed_form_loss():
 
 
 def test_class_labels_change_the_output_and_null_label_is_accepted():
-  m = vdm_model.from_config(_config(num_classes=3))
-  variables = _perturbed(vdm_model.init(m, jax.random.PRNGKey(0)))
+  m = _model(num_classes=3)
+  variables = _perturbed(vdm_model.init_variables(m, jax.random.PRNGKey(0)))
   z = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
   g = jnp.array([-2.0, 1.0])
   out = [m.apply(variables, z, g, jnp.array([c, c]), method=m.eps) for c in range(3)]
@@ -65,9 +68,9 @@ def test_class_labels_change_the_output_and_null_label_is_accepted():
 
 def test_bf16_compute_close_to_float32():
   x = jax.random.randint(jax.random.PRNGKey(3), (8, 8, 8, 1), 0, 256)
-  m32 = vdm_model.from_config(_config())
-  m16 = vdm_model.from_config(_config(dtype="bfloat16"))
-  variables = _perturbed(vdm_model.init(m32, jax.random.PRNGKey(0)))
+  m32 = _model()
+  m16 = _model(dtype="bfloat16")
+  variables = _perturbed(vdm_model.init_variables(m32, jax.random.PRNGKey(0)))
   l32 = m32.apply(variables, x, rngs=RNGS)
   l16 = m16.apply(variables, x, rngs=RNGS)
   # The loss math is float32 in both; only the network runs in bf16 (8 mantissa bits).
@@ -78,12 +81,8 @@ def test_bf16_compute_close_to_float32():
 
 
 def test_paper_cifar10_network_by_config_alone():
-  cfg = ml_collections.ConfigDict(dict(
-      network="vdm_unet", image_shape=(32, 32, 3), schedule="learned_linear",
-      gamma_min=-13.3, gamma_max=5.0,
-      vdm_unet=dict(n_embd=128, n_layer=32, with_fourier_features=True, dropout=0.1)))
-  m = vdm_model.from_config(cfg)
-  shapes = jax.eval_shape(lambda k: vdm_model.init(m, k), jax.random.PRNGKey(0))
+  m = config_lib.resolve(cifar10_paper.get_config(), num_devices=1).model.build()
+  shapes = jax.eval_shape(lambda k: vdm_model.init_variables(m, k), jax.random.PRNGKey(0))
   n = vdm_model.param_count(shapes)
   # 32 down + 33 up residual blocks of 128 channels: ~32M parameters (the paper's model).
   assert 30e6 < n < 34e6, n
@@ -93,7 +92,6 @@ def test_paper_cifar10_network_by_config_alone():
 @pytest.mark.parametrize("overrides,error,match", [
     (dict(gamma_min=5.0, gamma_max=-13.3), ValueError, "gamma_min .* must be < gamma_max"),
     (dict(schedule="quadratic"), ValueError, "Unknown schedule 'quadratic'"),
-    (dict(network="resnet"), ValueError, "Unknown network 'resnet'"),
     (dict(image_shape=(8, 8)), ValueError, "image_shape must be \\(H, W, C\\)"),
     (dict(vocab_size=1), ValueError, "vocab_size must be an int >= 2"),
     (dict(T=-3), ValueError, "T must be an int >= 0"),
@@ -101,14 +99,14 @@ def test_paper_cifar10_network_by_config_alone():
     (dict(weighting="sigmoid", schedule_objective="variance"), ValueError,
      "needs weighting='elbo'"),
 ])
-def test_config_errors(overrides, error, match):
+def test_settings_errors(overrides, error, match):
   with pytest.raises(error, match=match):
-    vdm_model.from_config(_config(**overrides))
+    _model(**overrides)
 
 
 def test_input_errors_say_what_to_change():
-  m = vdm_model.from_config(_config())
-  variables = vdm_model.init(m, jax.random.PRNGKey(0))
+  m = _model()
+  variables = vdm_model.init_variables(m, jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match="set config.model.image_shape to \\(28, 28, 1\\)"):
     m.apply(variables, jnp.zeros((2, 28, 28, 1), jnp.uint8), rngs=RNGS)
   with pytest.raises(TypeError, match="images must be integers"):
@@ -118,8 +116,8 @@ def test_input_errors_say_what_to_change():
 
 
 def test_label_dropout_replaces_labels_with_null_only_when_training():
-  m = vdm_model.from_config(_config(num_classes=3, label_dropout=0.5))
-  variables = _perturbed(vdm_model.init(m, jax.random.PRNGKey(0)))
+  m = _model(num_classes=3, label_dropout=0.5)
+  variables = _perturbed(vdm_model.init_variables(m, jax.random.PRNGKey(0)))
   x = jax.random.randint(jax.random.PRNGKey(3), (64, 8, 8, 1), 0, 256)
   labels = jnp.zeros((64,), jnp.int32)
   m_nodrop = m.clone(label_dropout=0.0)

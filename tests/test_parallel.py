@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from helpers_train import tiny_config
-from vdm_jax import data, parallel, train
-from vdm_jax import model as model_lib
+from vdm_jax import config as config_lib
+from vdm_jax import data, parallel, training
 
 
 def test_mesh_and_shard_batch():
@@ -32,9 +32,11 @@ def test_batch_not_divisible_by_devices_says_what_to_change():
   with pytest.raises(ValueError, match=r"config.training.batch_size=12 is not divisible by the "
                      r"number of devices \(8\).*multiple of 8 \(e.g. --config.training."
                      r"batch_size=16\)"):
-    parallel.check_batch_size(12, mesh)
-  parallel.check_batch_size(8, parallel.make_mesh(jax.devices()[:1]))
-  parallel.check_batch_size(3, parallel.make_mesh(jax.devices()[:1]))
+    parallel.check_batch_size(12, mesh.devices.size)
+  parallel.check_batch_size(8, 1)
+  parallel.check_batch_size(3, 1)
+  with pytest.raises(ValueError, match=r"not divisible by the number of processes \(2\)"):
+    parallel.check_batch_size(9, 1, 2)
 
 
 def test_initialize_distributed_is_a_no_op_on_one_host(monkeypatch):
@@ -44,11 +46,11 @@ def test_initialize_distributed_is_a_no_op_on_one_host(monkeypatch):
 
 
 def _run(mesh, model, config, batches, steps_per_call, unroll=None):
-  optimizer, _ = train.optimizer_and_schedule(config.optimizer, 10)
+  optimizer = training.make_optimizer(config.optimizer, 10)
   # The same initial state everywhere: initialised on all 8 devices, then placed on `mesh`.
-  state = train.init_state(model, optimizer, 0, parallel.make_mesh())
+  state = training.create_state(model, optimizer, 0, parallel.make_mesh())
   state = jax.device_put(state, parallel.replicated(mesh))
-  step = train.compiled_train_step(model, optimizer, mesh, ema_rate=0.9, unroll=unroll)
+  step = training.compiled_train_step(model, optimizer, mesh, ema_rate=0.9, unroll=unroll)
   losses = []
   for i in range(0, len(batches["image"]), steps_per_call):
     chunk = {k: v[i:i + steps_per_call] for k, v in batches.items()}
@@ -59,8 +61,8 @@ def _run(mesh, model, config, batches, steps_per_call, unroll=None):
 
 @pytest.fixture(scope="module")
 def setup():
-  config = tiny_config()
-  model = model_lib.from_config(config.model)
+  config = config_lib.resolve(tiny_config())
+  model = config.model.build()
   it = data.get_dataset("fashion_mnist", "train", 8, seed=0)
   batches = [next(it) for _ in range(3)]
   stacked = {"image": np.stack([b["image"] for b in batches])}
@@ -82,8 +84,8 @@ def test_one_device_equals_eight_devices(setup):
   for a, b in zip(leaves(s1.ema_params), leaves(s8.ema_params)):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
   # The parameters moved (the comparison is not trivially between initial states).
-  optimizer, _ = train.optimizer_and_schedule(config.optimizer, 10)
-  init = train.init_state(model, optimizer, 0, mesh8)
+  optimizer = training.make_optimizer(config.optimizer, 10)
+  init = training.create_state(model, optimizer, 0, mesh8)
   moved = max(float(np.max(np.abs(a - b))) for a, b in
               zip(jax.tree_util.tree_leaves(s8.params), jax.tree_util.tree_leaves(init.params)))
   assert moved > 1e-4

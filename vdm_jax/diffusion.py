@@ -1,6 +1,6 @@
 """The Gaussian diffusion process: forward marginals, transitions, the top-down posterior.
 
-Notation (DESIGN §1): gamma = log(sigma^2 / alpha^2), variance preserving, s < t.
+Notation (Kingma et al. 2021): gamma = log(sigma^2 / alpha^2), variance preserving, s < t.
 
     q(z_t | x)        = N(alpha_t x, sigma_t^2 I)
     q(z_t | z_s)      = N(alpha_{t|s} z_s, sigma_{t|s}^2 I),

@@ -127,27 +127,6 @@ def save_image_grid(images: np.ndarray, path: str | os.PathLike, ncols: int | No
   return grid
 
 
-class Timer:
-  """Accumulates wall time over explicitly started and stopped intervals."""
-
-  def __init__(self):
-    self.total = 0.0
-    self._start = None
-
-  def start(self) -> None:
-    if self._start is None:
-      self._start = time.perf_counter()
-
-  def stop(self) -> float:
-    if self._start is not None:
-      self.total += time.perf_counter() - self._start
-      self._start = None
-    return self.total
-
-  def reset(self) -> None:
-    self.total, self._start = 0.0, None
-
-
 def format_duration(seconds: float) -> str:
   """'1h02m03s' / '2m03s' / '3.2s'."""
   if not math.isfinite(seconds):

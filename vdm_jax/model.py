@@ -6,8 +6,8 @@
                        rngs={"sample": k3, "dropout": k4})          # losses.VDMLoss, nats [B]
 
 `__call__` is exactly `losses.vdm_loss` with this model's eps_fn and gamma_fn; `eps` and `gamma`
-are the two functions the sampler calls. Build one from an ml_collections config with
-`from_config(config.model)`.
+are the two functions the sampler calls. `init_variables(model, key)` gives its variables; a
+config's `model` group builds one through `vdm_jax.config` (`resolve(config).model.build()`).
 """
 from __future__ import annotations
 
@@ -22,7 +22,13 @@ from vdm_jax import losses, nets, schedules
 
 Array = jax.Array
 
+# Score networks by the name configs use (config.model.network); each takes its attributes from
+# the config group of the same name (e.g. config.model.unet).
 NETWORKS = {"vdm_unet": nets.VDMScoreNet, "unet": nets.UNet}
+
+# The scope of the noise schedule's parameters inside the model's params: optimizers find them
+# by this name (e.g. to exempt them from weight decay).
+SCHEDULE_SCOPE = "gamma_module"
 
 
 class VDM(nn.Module):
@@ -54,8 +60,8 @@ class VDM(nn.Module):
   image_shape: Sequence[int] = (28, 28, 1)
   vocab_size: int = 256
   schedule: str = "fixed_linear"
-  gamma_min: float = -13.3
-  gamma_max: float = 5.0
+  gamma_min: float = schedules.GAMMA_MIN
+  gamma_max: float = schedules.GAMMA_MAX
   T: int = 0
   antithetic: bool = True
   num_classes: int = 0
@@ -69,6 +75,7 @@ class VDM(nn.Module):
     super().__post_init__()
 
   def setup(self):
+    # The attribute name is the parameters' scope: SCHEDULE_SCOPE.
     self.gamma_module = schedules.make_schedule(self.schedule, self.gamma_min, self.gamma_max)
 
   def gamma(self, t: Array) -> Array:
@@ -121,10 +128,9 @@ class VDM(nn.Module):
 
 
 def validate(model: VDM) -> None:
-  """Checks a model's settings and says what to change."""
-  if not model.gamma_min < model.gamma_max:
-    raise ValueError(f"gamma_min ({model.gamma_min}) must be < gamma_max ({model.gamma_max}): "
-                     "set config.model.gamma_min below config.model.gamma_max.")
+  """Checks a model's settings and says what to change (messages name the attributes, which
+  are also the config.model fields)."""
+  schedules.check_endpoints(model.gamma_min, model.gamma_max)
   if model.schedule not in schedules.SCHEDULES:
     raise ValueError(f"Unknown schedule {model.schedule!r}; choose one of "
                      f"{sorted(schedules.SCHEDULES)}.")
@@ -151,38 +157,9 @@ def validate(model: VDM) -> None:
                      f"num_classes={net_classes}; set both from config.model.num_classes.")
 
 
-def from_config(model_config: Mapping[str, Any]) -> VDM:
-  """Builds a VDM from `config.model` (keys: network, <network>: dict of attributes, image_shape,
-  vocab_size, schedule, gamma_min, gamma_max, T, antithetic, num_classes, label_dropout, dtype, weighting,
-  sigmoid_bias, schedule_objective)."""
-  cfg = dict(model_config)
-  name = cfg.get("network", "unet")
-  if name not in NETWORKS:
-    raise ValueError(f"Unknown network {name!r}; choose one of {sorted(NETWORKS)}.")
-  net_kwargs = dict(cfg.get(name, {}))
-  net_kwargs["num_classes"] = cfg.get("num_classes", 0)
-  if cfg.get("dtype", "float32") != "float32":
-    net_kwargs["dtype"] = jnp.dtype(cfg["dtype"])
-  network = NETWORKS[name](**net_kwargs)
-  return VDM(
-      network=network,
-      image_shape=tuple(cfg.get("image_shape", (28, 28, 1))),
-      vocab_size=cfg.get("vocab_size", 256),
-      schedule=cfg.get("schedule", "fixed_linear"),
-      gamma_min=float(cfg.get("gamma_min", -13.3)),
-      gamma_max=float(cfg.get("gamma_max", 5.0)),
-      T=cfg.get("T", 0),
-      antithetic=cfg.get("antithetic", True),
-      num_classes=cfg.get("num_classes", 0),
-      label_dropout=float(cfg.get("label_dropout", 0.0)),
-      weighting=cfg.get("weighting", "elbo"),
-      sigmoid_bias=float(cfg.get("sigmoid_bias", 2.0)),
-      schedule_objective=cfg.get("schedule_objective", "elbo"),
-  )
-
-
-def init(model: VDM, key: Array, batch_size: int = 1) -> Any:
-  """Initialises the model's variables with dummy data of the configured shape."""
+def init_variables(model: VDM, key: Array, batch_size: int = 1) -> Any:
+  """The model's variables ({'params': ...}) from `key`, traced with zero images [batch_size,
+  *image_shape] (and null labels for a class-conditional model)."""
   k_params, k_sample, k_dropout = jax.random.split(key, 3)
   images = jnp.zeros((batch_size, *model.image_shape), jnp.int32)
   labels = jnp.zeros((batch_size,), jnp.int32) if model.num_classes else None

@@ -79,29 +79,28 @@ def data_sharding(mesh: Mesh, batch_dim: int = 0) -> NamedSharding:
   return NamedSharding(mesh, P(*([None] * batch_dim), DATA_AXIS))
 
 
-def check_batch_size(global_batch: int, mesh: Mesh, what: str = "config.training.batch_size"
-                     ) -> None:
-  """Raises ValueError (saying what to change) unless the global batch splits evenly over the
-  devices of the mesh and the processes."""
-  n_dev = mesh.devices.size
-  n_proc = jax.process_count()
-  if not isinstance(global_batch, (int, np.integer)) or global_batch < 1:
+def check_batch_size(global_batch: int, num_devices: int, num_processes: int = 1,
+                     what: str = "config.training.batch_size") -> None:
+  """Raises ValueError (saying what to change) unless the global batch splits evenly over
+  `num_devices` devices and `num_processes` processes."""
+  if isinstance(global_batch, bool) or not isinstance(global_batch, (int, np.integer)) or \
+      global_batch < 1:
     raise ValueError(f"{what} must be a positive integer, got {global_batch!r}.")
-  if global_batch % n_dev:
-    suggest = max(n_dev, round(global_batch / n_dev) * n_dev)
+  if global_batch % num_devices:
+    suggest = max(num_devices, round(global_batch / num_devices) * num_devices)
     raise ValueError(
-        f"{what}={global_batch} is not divisible by the number of devices ({n_dev}): set "
-        f"{what} to a multiple of {n_dev} (e.g. --{what}={suggest}), or run on a number of "
-        f"devices that divides {global_batch}.")
-  if global_batch % n_proc:
+        f"{what}={global_batch} is not divisible by the number of devices ({num_devices}): set "
+        f"{what} to a multiple of {num_devices} (e.g. --{what}={suggest}), or run on a number "
+        f"of devices that divides {global_batch}.")
+  if global_batch % num_processes:
     raise ValueError(f"{what}={global_batch} is not divisible by the number of processes "
-                     f"({n_proc}): use a multiple of {n_proc}.")
+                     f"({num_processes}): use a multiple of {num_processes}.")
 
 
-def per_process_batch(global_batch: int, mesh: Mesh | None = None,
+def per_process_batch(global_batch: int, mesh: Mesh,
                       what: str = "config.training.batch_size") -> int:
   """The examples each process loads: global_batch / process_count (checked to split evenly)."""
-  check_batch_size(global_batch, make_mesh() if mesh is None else mesh, what)
+  check_batch_size(global_batch, mesh.devices.size, jax.process_count(), what)
   return global_batch // jax.process_count()
 
 
@@ -119,8 +118,3 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh, batch_dim: int = 0) -> dic
     global_shape[batch_dim] *= jax.process_count()
     out[k] = jax.make_array_from_process_local_data(sharding, v, tuple(global_shape))
   return out
-
-
-def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Places every leaf of `tree` on every device of the mesh."""
-  return jax.device_put(tree, replicated(mesh))

@@ -1,6 +1,6 @@
 """The reverse chain: ancestral and DDIM sampling, guidance, inpainting, trajectories.
 
-Notation as in DESIGN §1. With T steps, step i = T, ..., 1 maps z_t to z_s at t = i / T and
+Notation as in `vdm_jax.diffusion`. With T steps, step i = T, ..., 1 maps z_t to z_s at t = i / T and
 s = (i - 1) / T (`diffusion.reverse_step`):
 
     x_hat = (z_t - sigma_t eps_hat) / alpha_t

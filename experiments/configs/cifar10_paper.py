@@ -14,27 +14,14 @@ Hardware: the paper trained on TPU (8 cores); plan for 8 accelerators (the batch
 over them) and weeks of compute. `--config.model.vdm_unet.remat=True` trades compute for memory
 on small GPUs. Result: unmeasured with this code; the paper reports 2.65 bits/dim on the test set.
 """
-import ml_collections
-
-placeholder = ml_collections.config_dict.placeholder
+from experiments.configs import cifar10
 
 
 def get_config():
-  c = ml_collections.ConfigDict()
-  c.data = dict(name="cifar10", data_dir=placeholder(str))
-  c.model = dict(
-      network="vdm_unet",
-      vdm_unet=dict(n_embd=128, n_layer=32, with_fourier_features=True, fourier_freqs=(6, 7),
-                    with_attention=False, dropout=0.1, input_skip=True, remat=False, scan=True),
-      image_shape=(32, 32, 3), vocab_size=256, schedule="learned_linear",
-      gamma_min=-13.3, gamma_max=5.0, T=0, antithetic=True, num_classes=0, label_dropout=0.0,
-      dtype="float32", weighting="elbo", sigmoid_bias=2.0, schedule_objective="elbo")
-  c.training = dict(seed=1, batch_size=128, num_steps=10_000_000, steps_per_call=1000,
-                    log_every=1000, eval_every=10_000, checkpoint_every=10_000,
-                    sample_every=100_000, keep_checkpoints=3)
-  c.optimizer = dict(lr=2e-4, warmup_steps=100, decay="none", weight_decay=0.01,
-                     ema_rate=0.9999, grad_clip=0.0)
-  c.eval = dict(num_time_samples=1, batch_size=512, T=placeholder(int),
-                max_batches=placeholder(int))
-  c.sampling = dict(sampler="ancestral", T=1000, num_samples=64, eta=1.0, guidance_weight=0.0)
-  return ml_collections.ConfigDict(c)
+  c = cifar10.get_config()
+  c.model.network = "vdm_unet"      # base.py's vdm_unet group is the paper's network
+  c.training.update(seed=1, num_steps=10_000_000, steps_per_call=1000, eval_every=10_000,
+                    sample_every=100_000)
+  c.optimizer.update(warmup_steps=100, grad_clip=0.0)
+  c.eval.num_time_samples = 1
+  return c

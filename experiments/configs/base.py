@@ -1,0 +1,82 @@
+"""Every config field with its default: the other configs are `base.get_config()` plus a few
+overrides.
+
+    python -m experiments.train --config=experiments/configs/base.py --workdir=workdirs/base
+
+Hardware: one GPU. As it stands: Fashion-MNIST, the DDPM-style U-Net at its library defaults
+(128 base channels), learned linear schedule on the paper's [-13.3, 5], batch 128, AdamW 2e-4,
+EMA 0.9999, 100k steps. Result: unmeasured (a template; the named configs are the measured
+ones). Any field can be overridden on the command line (--config.<group>.<field>=<value>), and
+`vdm_jax.config.resolve` checks them all before anything runs.
+"""
+import ml_collections
+
+from vdm_jax import schedules
+
+placeholder = ml_collections.config_dict.placeholder
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.data = dict(
+      name="fashion_mnist",         # a vdm_jax.data dataset (built in, or data.register_dataset)
+      data_dir=placeholder(str),    # searched first for the files; None: VDM_DATA_DIR, system dirs
+  )
+  c.model = dict(
+      network="unet",               # a key of vdm_jax.model.NETWORKS; its group below is used
+      # nets.UNet attributes (num_classes and dtype come from this group).
+      unet=dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
+                dropout=0.1, with_fourier_features=False, fourier_freqs=(6, 7),
+                input_skip=False, remat=False),
+      # nets.VDMScoreNet attributes: the paper's CIFAR-10 network.
+      vdm_unet=dict(n_embd=128, n_layer=32, with_fourier_features=True, fourier_freqs=(6, 7),
+                    with_attention=False, dropout=0.1, input_skip=True, remat=False,
+                    scan=True, fast_conv_grad=True),
+      image_shape=(28, 28, 1),      # (H, W, C): must match the dataset
+      vocab_size=256,               # values per dimension (8-bit data)
+      schedule="learned_linear",    # a key of vdm_jax.schedules.SCHEDULES
+      gamma_min=schedules.GAMMA_MIN,   # gamma(0) (initial value when learned); paper -13.3
+      gamma_max=schedules.GAMMA_MAX,   # gamma(1); paper 5.0
+      T=0,                          # 0: continuous-time loss; else the number of steps
+      antithetic=True,              # low-discrepancy times across the batch
+      num_classes=0,                # 0: unconditional; else class-conditional (null = num_classes)
+      label_dropout=0.0,            # P(label -> null) in training, for classifier-free guidance
+      dtype="float32",              # network compute dtype: float32 | bfloat16 (params float32)
+      weighting="elbo",             # training weighting: elbo | simple | sigmoid (bpd: always elbo)
+      sigmoid_bias=2.0,             # b of the sigmoid weighting, w = sigmoid(b - log-SNR)
+      schedule_objective="elbo",    # elbo | variance (schedule interior minimises the variance)
+  )
+  c.training = dict(
+      seed=0,                       # parameters, data order, time/noise draws, eval/sample keys
+      batch_size=128,               # GLOBAL batch: split over every device of every host
+      num_steps=100_000,
+      steps_per_call=100,           # optimizer steps per compiled call (unrolled on CPU)
+      log_every=1000,               # intervals in steps; 0 = never (each also runs at the end)
+      eval_every=10_000,
+      checkpoint_every=10_000,
+      sample_every=10_000,
+      keep_checkpoints=3,           # newest checkpoints kept
+  )
+  c.optimizer = dict(
+      lr=2e-4,                      # peak learning rate
+      warmup_steps=1000,            # linear warm-up from lr / warmup_steps
+      decay="none",                 # after warm-up: none | linear | cosine (to 0 at num_steps)
+      weight_decay=0.01,            # AdamW's, on kernels and embeddings only
+      ema_rate=0.9999,              # EMA of the parameters (evaluated and sampled)
+      grad_clip=1.0,                # global-norm clipping; 0 = off
+      b1=0.9, b2=0.99, eps=1e-8,    # Adam's moments and epsilon
+  )
+  c.eval = dict(
+      batch_size=1000,              # global batch of the test-set evaluation
+      num_time_samples=1,           # (t, noise) draws per test image
+      T=placeholder(int),           # None: the model's T; 0: continuous time; else discrete
+      max_batches=placeholder(int),  # None: the whole test split; else its first batches only
+  )
+  c.sampling = dict(
+      sampler="ancestral",          # ancestral | ddim
+      T=1000,                       # reverse steps
+      num_samples=64,               # images in each sample grid
+      eta=placeholder(float),       # None: the sampler's own (ancestral 1, ddim 0)
+      guidance_weight=0.0,          # classifier-free guidance (class-conditional models)
+  )
+  return c

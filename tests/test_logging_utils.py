@@ -1,0 +1,42 @@
+"""Metrics files, image grids and durations."""
+import math
+
+import numpy as np
+import pytest
+
+from vdm_jax import logging_utils
+
+
+def test_metrics_writer_appends_records_and_reads_them_back(tmp_path):
+  writer = logging_utils.MetricsWriter(tmp_path, tensorboard=False)
+  writer.write(1, {"train/bpd": np.float32(3.5), "num": np.int64(7), "event": "start"})
+  writer.write(2, {"train/bpd": float("nan")})
+  writer.close()
+  records = logging_utils.read_metrics(tmp_path)
+  assert [r["step"] for r in records] == [1, 2]
+  assert records[0]["train/bpd"] == 3.5 and records[0]["num"] == 7
+  assert records[0]["event"] == "start" and math.isnan(records[1]["train/bpd"])
+  with pytest.raises(ValueError, match="metrics must be scalars"):
+    logging_utils.MetricsWriter(tmp_path, tensorboard=False).write(3, {"x": np.zeros(2)})
+
+
+def test_disabled_writer_writes_nothing(tmp_path):
+  logging_utils.MetricsWriter(tmp_path / "w", enabled=False).write(1, {"a": 1.0})
+  assert not (tmp_path / "w").exists()
+
+
+def test_image_grid_layout_and_rescaling():
+  images = np.stack([np.full((2, 3, 1), v) for v in (1, 2, 3)])
+  grid = logging_utils.image_grid(images, ncols=2, padding=1, vocab_size=4)
+  assert grid.shape == (2 * 3 + 1, 2 * 4 + 1, 1) and grid.dtype == np.uint8
+  assert grid[1, 1, 0] == 85 and grid[1, 5, 0] == 170 and grid[4, 1, 0] == 255
+  assert grid[4, 5, 0] == 0 and grid[0, 0, 0] == 0      # empty cell and padding black
+  with pytest.raises(ValueError, match=r"images must be \[N, H, W, 1 or 3\]"):
+    logging_utils.image_grid(np.zeros((2, 4, 4, 2)))
+
+
+def test_format_duration():
+  assert logging_utils.format_duration(3.21) == "3.2s"
+  assert logging_utils.format_duration(123) == "2m03s"
+  assert logging_utils.format_duration(3723) == "1h02m03s"
+  assert logging_utils.format_duration(float("nan")) == "?"

@@ -1,0 +1,53 @@
+"""Eval and sample modes read a checkpoint and give what the run itself would."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from helpers_train import tiny_config
+from vdm_jax import checkpoint, config as config_lib, data, parallel, training
+from vdm_jax.training import actions
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A workdir with one checkpoint (step 0) of a fresh tiny model."""
+  spec = config_lib.resolve(tiny_config())
+  path = tmp_path_factory.mktemp("modes")
+  state = training.create_state(spec.model.build(), training.make_optimizer(spec.optimizer, 2),
+                                0, parallel.make_mesh())
+  ckpt = checkpoint.Checkpointer(path / "checkpoints")
+  ckpt.save(0, state)
+  ckpt.close()
+  return spec, path, state
+
+
+def test_evaluate_checkpoint_equals_evaluating_its_ema_params(workdir):
+  spec, path, state = workdir
+  record = training.evaluate_checkpoint(spec, path)
+  mesh = parallel.make_mesh()
+  expected = training.evaluate_params(spec.model.build(), state.ema_params, spec.eval,
+                                      data.load_arrays("fashion_mnist", "test"), mesh,
+                                      actions.eval_key(spec.training.seed))
+  assert record["step"] == 0 and record["mode"] == "eval"
+  np.testing.assert_allclose(record["eval/bpd"], expected["eval/bpd"], rtol=1e-6)
+  saved = json.loads((path / "eval_step_0.json").read_text())
+  assert saved["eval/bpd"] == record["eval/bpd"]
+
+
+def test_sample_checkpoint_writes_png_and_npz(workdir):
+  spec, path, state = workdir
+  out = training.sample_checkpoint(spec, path, num_samples=3, seed=5)
+  npz = np.load(out["npz"])
+  assert npz["images"].shape == (3, 28, 28, 1) and npz["images"].dtype == np.uint8
+  expected = training.sample_params(spec.model.build(), state.ema_params, spec.sampling,
+                                    jax.random.PRNGKey(5), 3)
+  np.testing.assert_array_equal(npz["images"], expected)
+  assert (path / "samples_step_0.png").exists()
+
+
+def test_no_checkpoint_says_what_to_do(tmp_path):
+  spec = config_lib.resolve(tiny_config())
+  with pytest.raises(FileNotFoundError, match=r"No checkpoint in .*: train first"):
+    training.evaluate_checkpoint(spec, tmp_path)

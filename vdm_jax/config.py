@@ -1,0 +1,338 @@
+"""The run's config, validated once and resolved into frozen, typed specs.
+
+    from vdm_jax import config as config_lib
+    spec = config_lib.resolve(config)        # ml_collections.ConfigDict -> RunSpec; raises early
+    model = spec.model.build()               # model.VDM
+
+`experiments/configs/base.py` holds every field with its default; this module holds every check.
+A config is read here and nowhere else: the training system takes the specs (`RunSpec` and its
+parts), never the ConfigDict. `resolve` raises ValueError (or TypeError) naming the field, what
+was wrong and what to set, before any data is read or anything is compiled or written.
+
+Groups and their specs: data -> DataSpec, model -> ModelSpec (with one sub-group per network,
+e.g. model.unet; only the chosen network's is read), training -> LoopSpec, optimizer ->
+OptimizerSpec, eval -> EvalSpec, sampling -> SamplingSpec. `RunSpec.to_dict()` is the resolved
+config again (what a run writes to config.json), and `from_json` reads that back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+
+from vdm_jax import data, parallel, sampling
+from vdm_jax import model as model_lib
+
+DECAYS = ("none", "linear", "cosine")
+DTYPES = ("float32", "bfloat16")
+# Network attributes that come from the model group, not from the network's own sub-group.
+_NETWORK_ATTRS_FROM_MODEL = ("num_classes", "dtype", "parent", "name")
+
+
+# ============================================================================ the specs
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """name: a dataset of `vdm_jax.data` (built in or registered); data_dir: folder searched
+  first for its files (None: VDM_DATA_DIR, then system folders, then tensorflow-datasets)."""
+  name: str
+  data_dir: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """The `model.VDM` attributes, plus the network: its name in `model.NETWORKS` and its
+  attributes as sorted (key, value) pairs (hashable, so the spec can key compile caches)."""
+  network: str
+  network_kwargs: tuple[tuple[str, Any], ...]
+  image_shape: tuple[int, int, int]
+  vocab_size: int
+  schedule: str
+  gamma_min: float
+  gamma_max: float
+  T: int
+  antithetic: bool
+  num_classes: int
+  label_dropout: float
+  dtype: str
+  weighting: str
+  sigmoid_bias: float
+  schedule_objective: str
+
+  def build(self) -> model_lib.VDM:
+    """The VDM module these settings describe."""
+    net_kwargs = dict(self.network_kwargs, num_classes=self.num_classes)
+    if self.dtype != "float32":
+      net_kwargs["dtype"] = np.dtype(getattr(jax.numpy, self.dtype))
+    attrs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if f.name not in ("network", "network_kwargs", "dtype")}
+    return model_lib.VDM(network=model_lib.NETWORKS[self.network](**net_kwargs), **attrs)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+  """AdamW with warm-up and decay, clipping, EMA: see `training.optimizer`."""
+  lr: float
+  warmup_steps: int
+  decay: str
+  weight_decay: float
+  ema_rate: float
+  grad_clip: float
+  b1: float
+  b2: float
+  eps: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSpec:
+  """The training loop: seed, global batch, steps, and the intervals (in steps; 0 = off) of the
+  periodic actions."""
+  seed: int
+  batch_size: int
+  num_steps: int
+  steps_per_call: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+  sample_every: int
+  keep_checkpoints: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+  """Test-set bpd: global batch, time samples per image, T (None: the model's), max_batches
+  (None: the whole split)."""
+  batch_size: int
+  num_time_samples: int
+  T: int | None
+  max_batches: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSpec:
+  """Sample grids: `sampling.sample_model` settings (eta None: the sampler's default)."""
+  sampler: str
+  T: int
+  num_samples: int
+  eta: float | None
+  guidance_weight: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """Everything a run needs, checked."""
+  data: DataSpec
+  model: ModelSpec
+  optimizer: OptimizerSpec
+  training: LoopSpec
+  eval: EvalSpec
+  sampling: SamplingSpec
+
+  def to_dict(self) -> dict:
+    """The resolved config as plain data, in the layout of the config files."""
+    out = {}
+    for group in dataclasses.fields(self):
+      spec = getattr(self, group.name)
+      values = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+      if group.name == "model":
+        values[spec.network] = dict(values.pop("network_kwargs"))
+      out[group.name] = values
+    return out
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# ============================================================================ reading a config
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  """A ConfigDict from `RunSpec.to_json()` (a run's config.json); JSON lists become tuples."""
+  def tuples(value):
+    if isinstance(value, dict):
+      return {k: tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+      return tuple(tuples(v) for v in value)
+    return value
+  return ml_collections.ConfigDict(tuples(json.loads(text)))
+
+
+def _group(config: Any, name: str, spec_cls: type, extra: tuple[str, ...] = ()) -> dict:
+  """The fields of `config.<name>`: exactly the spec's fields (plus `extra` sub-groups)."""
+  if name not in config:
+    raise ValueError(f"config has no '{name}' group; start from experiments/configs/base.py "
+                     "(base.get_config()) and override what differs.")
+  values = dict(config[name])
+  fields = [f.name for f in dataclasses.fields(spec_cls) if f.name != "network_kwargs"]
+  unknown = sorted(set(values) - set(fields) - set(extra))
+  if unknown:
+    raise ValueError(f"config.{name} has no field {', '.join(unknown)}; valid fields: "
+                     f"{', '.join(sorted(fields + list(extra)))}.")
+  missing = [f for f in fields if f not in values]
+  if missing:
+    raise ValueError(f"config.{name} lacks {', '.join(missing)}: every field is in "
+                     "experiments/configs/base.py; build configs from base.get_config().")
+  return values
+
+
+def _int(where: str, value: Any, minimum: int = 0, allow_none: bool = False) -> int | None:
+  if value is None and allow_none:
+    return None
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    none = " or None" if allow_none else ""
+    raise ValueError(f"{where} must be an int >= {minimum}{none}, got {value!r}.")
+  return int(value)
+
+
+def _float(where: str, value: Any, low: float = -math.inf, high: float = math.inf,
+           low_open: bool = False, high_open: bool = False, allow_none: bool = False
+           ) -> float | None:
+  if value is None and allow_none:
+    return None
+  ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+  ok = ok and (value > low if low_open else value >= low)
+  ok = ok and (value < high if high_open else value <= high)
+  if not ok:
+    lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+    raise ValueError(f"{where} must be a finite number in {lo}{low}, {high}{hi}, got {value!r}.")
+  return float(value)
+
+
+def _choice(where: str, value: Any, choices) -> str:
+  if value not in choices:
+    raise ValueError(f"{where} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+  return value
+
+
+def _data_spec(config) -> DataSpec:
+  g = _group(config, "data", DataSpec)
+  data.dataset_info(g["name"])   # an unknown name raises, listing the known ones
+  return DataSpec(name=g["name"], data_dir=None if g["data_dir"] is None else str(g["data_dir"]))
+
+
+def _model_spec(config, data_spec: DataSpec) -> ModelSpec:
+  g = _group(config, "model", ModelSpec, extra=tuple(model_lib.NETWORKS))
+  network = _choice("config.model.network", g.pop("network"), tuple(model_lib.NETWORKS))
+  for name in model_lib.NETWORKS:
+    g.pop(name, None)
+  net_cls = model_lib.NETWORKS[network]
+  net_fields = [f.name for f in dataclasses.fields(net_cls)
+                if f.name not in _NETWORK_ATTRS_FROM_MODEL]
+  net_kwargs = dict(config.model.get(network) or {})
+  unknown = sorted(set(net_kwargs) - set(net_fields))
+  if unknown:
+    raise ValueError(f"config.model.{network} has no field {', '.join(unknown)}; valid fields "
+                     f"of {net_cls.__name__}: {', '.join(sorted(net_fields))}.")
+  g["image_shape"] = tuple(g["image_shape"])
+  g["dtype"] = _choice("config.model.dtype", g["dtype"], DTYPES)
+  for key in ("gamma_min", "gamma_max", "label_dropout", "sigmoid_bias"):
+    g[key] = _float(f"config.model.{key}", g[key])
+  spec = ModelSpec(network=network, network_kwargs=tuple(sorted(net_kwargs.items())), **g)
+  try:
+    spec.build()   # the model's own checks (model.validate) and the network's
+  except (TypeError, ValueError) as e:
+    raise type(e)(f"config.model: {e}") from None
+
+  info = data.dataset_info(data_spec.name)
+  if spec.image_shape != tuple(info["shape"]):
+    raise ValueError(
+        f"config.model.image_shape={spec.image_shape} does not match dataset "
+        f"{data_spec.name!r}, whose images are {tuple(info['shape'])}: set "
+        f"config.model.image_shape = {tuple(info['shape'])}.")
+  if spec.num_classes and spec.num_classes != info["num_classes"]:
+    raise ValueError(
+        f"config.model.num_classes={spec.num_classes} but dataset {data_spec.name!r} has "
+        f"{info['num_classes']} classes: set config.model.num_classes to {info['num_classes']} "
+        "(class-conditional) or 0 (unconditional).")
+  return spec
+
+
+def _optimizer_spec(config) -> OptimizerSpec:
+  g = _group(config, "optimizer", OptimizerSpec)
+  w = "config.optimizer."
+  return OptimizerSpec(
+      lr=_float(w + "lr", g["lr"], 0.0, low_open=True),
+      warmup_steps=_int(w + "warmup_steps", g["warmup_steps"]),
+      decay=_choice(w + "decay", g["decay"], DECAYS),
+      weight_decay=_float(w + "weight_decay", g["weight_decay"], 0.0),
+      ema_rate=_float(w + "ema_rate", g["ema_rate"], 0.0, 1.0, high_open=True),
+      grad_clip=_float(w + "grad_clip", g["grad_clip"], 0.0),
+      b1=_float(w + "b1", g["b1"], 0.0, 1.0, high_open=True),
+      b2=_float(w + "b2", g["b2"], 0.0, 1.0, high_open=True),
+      eps=_float(w + "eps", g["eps"], 0.0, low_open=True))
+
+
+def _loop_spec(config, num_devices: int, num_processes: int) -> LoopSpec:
+  g = _group(config, "training", LoopSpec)
+  w = "config.training."
+  spec = LoopSpec(
+      seed=_int(w + "seed", g["seed"]),
+      batch_size=_int(w + "batch_size", g["batch_size"], 1),
+      num_steps=_int(w + "num_steps", g["num_steps"]),
+      steps_per_call=_int(w + "steps_per_call", g["steps_per_call"], 1),
+      **{k: _int(w + k, g[k]) for k in ("log_every", "eval_every", "checkpoint_every",
+                                        "sample_every")},
+      keep_checkpoints=_int(w + "keep_checkpoints", g["keep_checkpoints"], 1))
+  parallel.check_batch_size(spec.batch_size, num_devices, num_processes, w + "batch_size")
+  return spec
+
+
+def _eval_spec(config, num_devices: int, num_processes: int) -> EvalSpec:
+  g = _group(config, "eval", EvalSpec)
+  w = "config.eval."
+  spec = EvalSpec(batch_size=_int(w + "batch_size", g["batch_size"], 1),
+                  num_time_samples=_int(w + "num_time_samples", g["num_time_samples"], 1),
+                  T=_int(w + "T", g["T"], 0, allow_none=True),
+                  max_batches=_int(w + "max_batches", g["max_batches"], 1, allow_none=True))
+  parallel.check_batch_size(spec.batch_size, num_devices, num_processes, w + "batch_size")
+  return spec
+
+
+def _sampling_spec(config, model_spec: ModelSpec) -> SamplingSpec:
+  g = _group(config, "sampling", SamplingSpec)
+  w = "config.sampling."
+  spec = SamplingSpec(
+      sampler=_choice(w + "sampler", g["sampler"], sampling.SAMPLERS),
+      T=_int(w + "T", g["T"], 1),
+      num_samples=_int(w + "num_samples", g["num_samples"], 1),
+      eta=_float(w + "eta", g["eta"], 0.0, 1.0, allow_none=True),
+      guidance_weight=_float(w + "guidance_weight", g["guidance_weight"], 0.0))
+  try:
+    sampling.resolve_eta(spec.sampler, spec.eta)
+  except ValueError as e:
+    raise ValueError(f"{w[:-1]}: {e}") from None
+  if spec.guidance_weight and not model_spec.num_classes:
+    raise ValueError(f"{w}guidance_weight={spec.guidance_weight} needs a class-conditional "
+                     "model: set config.model.num_classes (and label_dropout > 0 to train the "
+                     "unconditional model too), or guidance_weight=0.")
+  return spec
+
+
+def resolve(config: Mapping[str, Any], *, num_devices: int | None = None,
+            num_processes: int | None = None) -> RunSpec:
+  """Checks every field of `config` and returns the frozen specs.
+
+  Args:
+    config: a ConfigDict (or nested dicts) with the groups of experiments/configs/base.py.
+    num_devices, num_processes: what the batch sizes must divide (default: this run's
+      `jax.device_count()` and `jax.process_count()`).
+
+  Raises:
+    ValueError / TypeError naming the field, the problem and the fix; nothing is read, built or
+    written before it.
+  """
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  num_processes = jax.process_count() if num_processes is None else num_processes
+  data_spec = _data_spec(config)
+  model_spec = _model_spec(config, data_spec)
+  return RunSpec(data=data_spec, model=model_spec, optimizer=_optimizer_spec(config),
+                 training=_loop_spec(config, num_devices, num_processes),
+                 eval=_eval_spec(config, num_devices, num_processes),
+                 sampling=_sampling_spec(config, model_spec))

@@ -1,0 +1,69 @@
+"""What a run does besides stepping: test-set bpd and sample grids of given parameters.
+
+Used by the training loop (periodically, on the EMA parameters) and by the checkpoint modes.
+The random keys are fixed per run (`eval_key`, `sample_key`), so evaluating the same checkpoint
+twice gives the same number, and sample grids of successive steps start from the same noise.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vdm_jax import data, evaluation, parallel, sampling
+from vdm_jax import model as model_lib
+from vdm_jax.config import EvalSpec, SamplingSpec
+
+
+def eval_key(seed: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+
+
+def sample_key(seed: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 2)
+
+
+def evaluate_params(model: model_lib.VDM, params, spec: EvalSpec,
+                    test_split: tuple[np.ndarray, np.ndarray], mesh: jax.sharding.Mesh,
+                    key: jax.Array) -> dict:
+  """Test-set bpd of `params` (`evaluation.evaluate`), with 'eval/'-prefixed keys: eval/bpd,
+  eval/bpd_se, eval/recon_bpd, eval/prior_bpd, eval/diffusion_bpd, eval/num_images,
+  eval/num_time_samples, eval/T, eval/seconds.
+
+  test_split: (images uint8 [N, H, W, C], labels int32 [N]) already in memory
+  (`data.load_arrays`); this process reads its shard of each batch.
+  """
+  batch = parallel.per_process_batch(spec.batch_size, mesh, "config.eval.batch_size")
+  batches = data.eval_batches(*test_split, batch)
+  if spec.max_batches is not None:   # a quick look at the first batches of the split
+    batches = itertools.islice(batches, spec.max_batches)
+  start = time.perf_counter()
+  result = evaluation.evaluate(model, {"params": params}, batches, key, T=spec.T,
+                               num_time_samples=spec.num_time_samples,
+                               put_batch=lambda b: parallel.shard_batch(b, mesh))
+  out = {f"eval/{k}": v for k, v in result.items()}
+  out["eval/seconds"] = time.perf_counter() - start
+  return out
+
+
+def sample_labels(model: model_lib.VDM, num_samples: int) -> jax.Array | None:
+  """Labels 0, 1, 2, ... cyclically for a class-conditional model, else None."""
+  if not model.num_classes:
+    return None
+  return jnp.arange(num_samples, dtype=jnp.int32) % model.num_classes
+
+
+def sample_params(model: model_lib.VDM, params, spec: SamplingSpec, key: jax.Array,
+                  num_samples: int | None = None) -> np.ndarray:
+  """`num_samples` (default spec.num_samples) images, int32 [N, H, W, C], drawn by
+  `sampling.sample_model` with the spec's sampler, T, eta and (class-conditional models)
+  guidance weight; labels as `sample_labels`."""
+  n = spec.num_samples if num_samples is None else num_samples
+  kwargs = {"guidance_weight": spec.guidance_weight} if model.num_classes else {}
+  images = sampling.sample_model(model, {"params": params}, key, n, T=spec.T,
+                                 sampler=spec.sampler, eta=spec.eta,
+                                 labels=sample_labels(model, n), **kwargs)
+  return np.asarray(jax.device_get(images))

@@ -1,0 +1,270 @@
+"""The training loop: steps, and the periodic actions (log, checkpoint, eval, sample).
+
+    from vdm_jax import config as config_lib, training
+    training.train_and_evaluate(config_lib.resolve(config), workdir)   # resumes if it can
+
+Every periodic action is scheduled by `Every(n)`: due at each multiple of n steps (n = 0: never)
+and at the last step. A train call runs up to `steps_per_call` steps and never crosses the next
+due step, so actions see exactly the state of their step.
+
+The workdir gets `config.json` (the resolved config), `metrics.jsonl`, TensorBoard events,
+`checkpoints/<step>/` and `samples/step_<step>.png`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import jax
+import numpy as np
+
+from vdm_jax import checkpoint as checkpoint_lib
+from vdm_jax import data, logging_utils, parallel
+from vdm_jax import model as model_lib
+from vdm_jax.config import RunSpec
+from vdm_jax.training import actions
+from vdm_jax.training import optimizer as optimizer_lib
+from vdm_jax.training import state as state_lib
+from vdm_jax.training import step as step_lib
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(FloatingPointError):
+  """The loss (or gradients, or parameters) became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Every:
+  """A periodic action's schedule: due at every multiple of `n` steps (n = 0: never) and at the
+  last step."""
+  n: int
+
+  def due(self, step: int, last: int) -> bool:
+    return step == last or (self.n > 0 and step % self.n == 0)
+
+  def next_due(self, step: int, last: int) -> int:
+    """The first step after `step` at which this is due."""
+    return last if self.n <= 0 else min(last, (step // self.n + 1) * self.n)
+
+
+class _Pending:
+  """Metrics of train calls not yet looked at (device arrays; fetched when an action is due)."""
+
+  def __init__(self):
+    self.items: list[tuple[int, Mapping[str, jax.Array]]] = []
+
+  def add(self, first_step: int, metrics: Mapping[str, jax.Array]) -> None:
+    self.items.append((first_step, metrics))
+
+  def collect(self) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Fetches everything: ({key: values over steps}, [1-based step numbers]); clears."""
+    fetched = jax.device_get([m for _, m in self.items])
+    steps: list[int] = []
+    merged: dict[str, list] = {}
+    for (first, _), m in zip(self.items, fetched):
+      steps.extend(range(first + 1, first + len(m["train/loss"]) + 1))
+      for k, v in m.items():
+        merged.setdefault(k, []).append(np.asarray(v))
+    self.items = []
+    return {k: np.concatenate(v) for k, v in merged.items()}, steps
+
+
+class _Throughput:
+  """Steps per second since the last mark; the first call (compilation included) on its own."""
+
+  def __init__(self, step: int):
+    self.mark_time, self.mark_step, self.first_call = time.perf_counter(), step, None
+
+  def after_call(self, state, step: int) -> None:
+    if self.first_call is None:
+      jax.block_until_ready(state)
+      self.first_call = (step - self.mark_step, time.perf_counter() - self.mark_time)
+      logger.info("First train call (compilation + %d step(s)): %.1fs", *self.first_call)
+      self.mark(step)
+
+  def rate(self, step: int) -> float:
+    if step > self.mark_step:
+      return (step - self.mark_step) / max(time.perf_counter() - self.mark_time, 1e-9)
+    return self.first_call[0] / self.first_call[1]   # a log right after the first call
+
+  def mark(self, step: int) -> None:
+    self.mark_time, self.mark_step = time.perf_counter(), step
+
+
+def _stacked_batches(batches: Iterator[dict], n: int, mesh, with_labels: bool) -> dict:
+  """The next n batches stacked [n, B, ...] and sharded over the mesh (batch axis 1)."""
+  taken = [next(batches) for _ in range(n)]
+  keys = ("image", "label") if with_labels else ("image",)
+  return parallel.shard_batch({k: np.stack([b[k] for b in taken]) for k in keys}, mesh,
+                              batch_dim=1)
+
+
+def _check_finite(values: dict, steps: list[int], ckpt, spec: RunSpec) -> None:
+  if not steps or bool(np.all(values["train/finite"])):
+    return
+  i = int(np.argmin(values["train/finite"]))
+  ckpt.wait()
+  last = ckpt.latest_step()
+  kept = (f"the last good checkpoint (step {last}) in {ckpt.directory} is kept"
+          if last is not None else "no checkpoint had been written yet")
+  raise TrainingDiverged(
+      f"Training diverged at step {steps[i]}: loss {float(values['train/loss'][i])}, gradient "
+      f"norm {float(values['train/grad_norm'][i])} (non-finite loss, gradients or parameters). "
+      f"This state was not saved; {kept}. Lower config.optimizer.lr (now "
+      f"{spec.optimizer.lr}), check config.optimizer.grad_clip, or resume from the checkpoint "
+      "with other settings.")
+
+
+def train_and_evaluate(spec: RunSpec, workdir: str | Path, *,
+                       mesh: jax.sharding.Mesh | None = None) -> dict:
+  """Trains `spec` in `workdir`, resuming from its latest checkpoint, and evaluates.
+
+  Logs every spec.training.log_every steps, checkpoints every checkpoint_every (keeping
+  keep_checkpoints), evaluates the EMA parameters on the test split every eval_every and
+  writes sample grids every sample_every steps, and does each at the last step.
+
+  Returns the last record written to metrics.jsonl with eval results. Raises TrainingDiverged
+  (naming the step) when the loss becomes non-finite; that state is not saved.
+  """
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  model = spec.model.build()
+  # Both splits are read once, before anything is compiled or written: a missing or damaged
+  # file fails here, not after training.
+  train_split = data.load_arrays(spec.data.name, "train", spec.data.data_dir)
+  test_split = data.load_arrays(spec.data.name, "test", spec.data.data_dir)
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(spec.to_json())
+  writer = logging_utils.MetricsWriter(workdir, enabled=jax.process_index() == 0)
+  ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints",
+                                     max_to_keep=spec.training.keep_checkpoints)
+  try:
+    return _run(spec, workdir, model, mesh, writer, ckpt, train_split, test_split)
+  finally:
+    ckpt.close()
+    writer.close()
+
+
+def _restore_or_init(spec: RunSpec, model, optimizer, mesh, ckpt):
+  restored = ckpt.restore(state_lib.abstract_state(model, optimizer, mesh))
+  if restored is None:
+    return state_lib.create_state(model, optimizer, spec.training.seed, mesh)
+  state, meta = restored
+  logger.info("Resumed from the checkpoint at step %d in %s.", int(state.step), ckpt.directory)
+  if meta.get("global_batch_size", spec.training.batch_size) != spec.training.batch_size:
+    logger.warning("The checkpoint was trained with global batch %s, this config has %d: the "
+                   "data order after resuming differs from an uninterrupted run.",
+                   meta.get("global_batch_size"), spec.training.batch_size)
+  return state
+
+
+def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, mesh, writer, ckpt,
+         train_split, test_split) -> dict:
+  loop, num_steps = spec.training, spec.training.num_steps
+  optimizer = optimizer_lib.make_optimizer(spec.optimizer, num_steps)
+  state = _restore_or_init(spec, model, optimizer, mesh, ckpt)
+  step = int(state.step)
+  _log_start(spec, model, state, mesh, writer, step)
+  train_step = step_lib.compiled_train_step(model, optimizer, mesh,
+                                            ema_rate=spec.optimizer.ema_rate)
+  batches = data.train_batches(*train_split, parallel.per_process_batch(loop.batch_size, mesh),
+                               seed=loop.seed, start_batch=step)
+  ckpt_meta = {"global_batch_size": loop.batch_size, "seed": loop.seed,
+               "dataset": spec.data.name}
+  last_record: dict = {}
+
+  def log(step, values):
+    nonlocal last_record
+    last_record = _log_train(spec, writer, step, values, throughput.rate(step),
+                             len(train_split[0]))
+
+  def evaluate(step, _):
+    nonlocal last_record
+    last_record = _log_eval(writer, step, actions.evaluate_params(
+        model, state.ema_params, spec.eval, test_split, mesh, actions.eval_key(loop.seed)))
+
+  def sample(step, _):
+    _write_samples(workdir, writer, model, step, actions.sample_params(
+        model, state.ema_params, spec.sampling, actions.sample_key(loop.seed)))
+
+  periodic = [(Every(loop.log_every), log),
+              (Every(loop.checkpoint_every), lambda s, _: ckpt.save(s, state, ckpt_meta)),
+              (Every(loop.eval_every), evaluate),
+              (Every(loop.sample_every), sample)]
+  pending, throughput, start_step = _Pending(), _Throughput(step), step
+  while step < num_steps:
+    next_due = min(every.next_due(step, num_steps) for every, _ in periodic)
+    n = min(loop.steps_per_call, next_due - step)
+    state, metrics = train_step(state, _stacked_batches(batches, n, mesh, model.num_classes))
+    pending.add(step, metrics)
+    step += n
+    throughput.after_call(state, step)
+    due = [action for every, action in periodic if every.due(step, num_steps)]
+    if due:
+      values, steps = pending.collect()
+      _check_finite(values, steps, ckpt, spec)
+      for action in due:
+        action(step, values)
+      writer.flush()
+      throughput.mark(step)
+
+  if start_step == num_steps:   # a finished run: evaluate and sample its final state again
+    evaluate(step, None)
+    sample(step, None)
+  if step not in ckpt.all_steps():
+    ckpt.save(step, state, ckpt_meta)
+  ckpt.wait()
+  writer.flush()
+  return last_record
+
+
+def _log_start(spec: RunSpec, model, state, mesh, writer, step: int) -> None:
+  num_params = model_lib.param_count(state.params)
+  m = spec.model
+  logger.info(
+      "Training %s on %s: %d parameters, network %s, schedule %s, weighting %s, schedule "
+      "objective %s; global batch %d on %d devices (%d processes); steps %d -> %d.",
+      type(model.network).__name__, spec.data.name, num_params, m.network, m.schedule,
+      m.weighting, m.schedule_objective, spec.training.batch_size, mesh.devices.size,
+      jax.process_count(), step, spec.training.num_steps)
+  writer.write(step, {"event": "start", "weighting": m.weighting,
+                      "schedule_objective": m.schedule_objective, "num_params": num_params,
+                      "num_devices": int(mesh.devices.size),
+                      "global_batch": spec.training.batch_size})
+  writer.write_text(step, "config", "```\n" + spec.to_json() + "\n```")
+
+
+def _log_train(spec: RunSpec, writer, step: int, values: dict, rate: float,
+               num_train: int) -> dict:
+  batch, num_steps = spec.training.batch_size, spec.training.num_steps
+  record = {k: float(np.mean(v)) for k, v in values.items() if k != "train/finite"}
+  record.update({"steps_per_s": rate, "images_per_s": rate * batch,
+                 "epoch": step * batch / num_train})
+  eta = (num_steps - step) / rate if rate > 0 else float("nan")
+  logger.info("step %d/%d: train bpd %.4f (recon %.4f prior %.4f diffusion %.4f), "
+              "%.2f steps/s, %.1f images/s, ETA %s", step, num_steps, record["train/bpd"],
+              record["train/recon_bpd"], record["train/prior_bpd"],
+              record["train/diffusion_bpd"], rate, rate * batch,
+              logging_utils.format_duration(eta))
+  return writer.write(step, record)
+
+
+def _log_eval(writer, step: int, result: dict) -> dict:
+  logger.info("step %d: eval bpd %.4f +- %.4f (recon %.4f, prior %.4f, diffusion %.4f) on %d "
+              "test images in %.1fs", step, result["eval/bpd"], result["eval/bpd_se"],
+              result["eval/recon_bpd"], result["eval/prior_bpd"], result["eval/diffusion_bpd"],
+              result["eval/num_images"], result["eval/seconds"])
+  return writer.write(step, result)
+
+
+def _write_samples(workdir: Path, writer, model, step: int, images: np.ndarray) -> None:
+  path = workdir / "samples" / f"step_{step}.png"
+  if jax.process_index() == 0:
+    grid = logging_utils.save_image_grid(images, path, vocab_size=model.vocab_size)
+    writer.write_images(step, "samples", grid)
+  logger.info("step %d: wrote %d samples to %s", step, len(images), path)

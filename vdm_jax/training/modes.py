@@ -1,0 +1,79 @@
+"""Evaluating and sampling a trained run's checkpoint (the CLI's --mode=eval / --mode=sample)."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from vdm_jax import checkpoint as checkpoint_lib
+from vdm_jax import data, logging_utils, parallel
+from vdm_jax.config import RunSpec
+from vdm_jax.training import actions
+from vdm_jax.training import optimizer as optimizer_lib
+from vdm_jax.training import state as state_lib
+
+logger = logging.getLogger(__name__)
+
+
+def restore_state(spec: RunSpec, workdir: str | Path, step: int | None = None,
+                  mesh: jax.sharding.Mesh | None = None):
+  """(model, train state, step) from the latest (or `step`) checkpoint in
+  `<workdir>/checkpoints`; the EMA parameters are `state.ema_params`."""
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  model = spec.model.build()
+  optimizer = optimizer_lib.make_optimizer(spec.optimizer, spec.training.num_steps)
+  directory = Path(workdir) / "checkpoints"
+  ckpt = checkpoint_lib.Checkpointer(directory, max_to_keep=None)
+  try:
+    if step is None and ckpt.latest_step() is None:
+      raise FileNotFoundError(
+          f"No checkpoint in {directory}: train first (--mode=train with this --workdir), or "
+          "point --workdir at a folder holding checkpoints/.")
+    state, _ = ckpt.restore(state_lib.abstract_state(model, optimizer, mesh), step=step)
+  finally:
+    ckpt.close()
+  return model, state, int(state.step)
+
+
+def evaluate_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None = None, *,
+                        mesh: jax.sharding.Mesh | None = None) -> dict:
+  """Test-set bpd of a checkpoint's EMA parameters, with the same key as the run's own evals.
+  Appends it to metrics.jsonl (with "mode": "eval") and writes
+  `<workdir>/eval_step_<step>.json`; returns the record."""
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  test_split = data.load_arrays(spec.data.name, "test", spec.data.data_dir)
+  model, state, step = restore_state(spec, workdir, step, mesh)
+  result = actions.evaluate_params(model, state.ema_params, spec.eval, test_split, mesh,
+                                   actions.eval_key(spec.training.seed))
+  writer = logging_utils.MetricsWriter(workdir, enabled=jax.process_index() == 0,
+                                       tensorboard=False)
+  record = writer.write(step, {"mode": "eval", **result})
+  writer.close()
+  if jax.process_index() == 0:
+    (Path(workdir) / f"eval_step_{step}.json").write_text(json.dumps(record, indent=2) + "\n")
+  return record
+
+
+def sample_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None = None,
+                      num_samples: int | None = None, *, seed: int | None = None,
+                      mesh: jax.sharding.Mesh | None = None) -> dict:
+  """Samples a checkpoint's EMA parameters; writes `<workdir>/samples_step_<step>.png` (a grid)
+  and `.npz` (images uint8 [N, H, W, C], and labels for a class-conditional model). `seed`
+  None uses the run's own sample key. Returns the paths, the images and the step."""
+  model, state, step = restore_state(spec, workdir, step, mesh)
+  key = actions.sample_key(spec.training.seed) if seed is None else jax.random.PRNGKey(seed)
+  images = actions.sample_params(model, state.ema_params, spec.sampling, key, num_samples)
+  png = Path(workdir) / f"samples_step_{step}.png"
+  npz = Path(workdir) / f"samples_step_{step}.npz"
+  if jax.process_index() == 0:
+    logging_utils.save_image_grid(images, png, vocab_size=model.vocab_size)
+    arrays = {"images": images.astype(np.uint8 if model.vocab_size <= 256 else np.int32)}
+    labels = actions.sample_labels(model, len(images))
+    if labels is not None:
+      arrays["labels"] = np.asarray(labels)
+    np.savez_compressed(npz, **arrays)
+  logger.info("Wrote %d samples of step %d to %s and %s", len(images), step, png, npz)
+  return {"png": str(png), "npz": str(npz), "images": images, "step": step}
