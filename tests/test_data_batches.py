@@ -6,7 +6,8 @@ import chex
 import numpy as np
 import pytest
 
-from test_data_sources import ids, indexed_images, write_mnist
+from test_data_formats import indexed_images
+from test_data_sources import ids, write_mnist
 from vdm_jax import data
 
 

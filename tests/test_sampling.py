@@ -98,6 +98,13 @@ def test_ddim_eta0_depends_only_on_initial_noise():
   np.testing.assert_array_equal(x, manual)
 
 
+def test_ddim_eta1_is_the_ancestral_chain():
+  def draw(**kw):
+    return sampling.sample(EPS_FN, gamma_fn, rkey(0), (2, *SHAPE), T=4, vocab_size=V, **kw)
+
+  np.testing.assert_array_equal(draw(eta=1.0), draw(sampler="ddim", eta=1.0))
+
+
 def test_decode_sample_and_argmax_agree_with_decoder_logits():
   n = 300
   a = jit_sample(shape=(n, *SHAPE), T=50, decode="sample")(rkey(2))
@@ -299,52 +306,6 @@ class SampleTransformationsTest(chex.TestCase):
 
 
 # ------------------------------------------------------------------------------------------
-# Argument checks.
-
-
-def test_argument_validation():
-  key = rkey(0)
-  shape = (2, *SHAPE)
-
-  def call(**kw):
-    args = dict(T=4, vocab_size=V)
-    args.update(kw)
-    return sampling.sample(EPS_FN, gamma_fn, key, args.pop("shape", shape), **args)
-
-  with pytest.raises(ValueError, match="T must be"):
-    call(T=0)
-  with pytest.raises(ValueError, match="T must be"):
-    call(T=2.0)
-  with pytest.raises(ValueError, match="Unknown sampler"):
-    call(sampler="euler")
-  with pytest.raises(ValueError, match="ancestral"):
-    call(eta=0.5)
-  with pytest.raises(ValueError, match=r"eta in \[0, 1\]"):
-    call(sampler="ddim", eta=1.5)
-  with pytest.raises(ValueError, match="Unknown decode"):
-    call(decode="mean")
-  with pytest.raises(ValueError, match="rank >= 2"):
-    call(shape=(4,))
-  with pytest.raises(ValueError, match="trajectory_steps"):
-    call(trajectory_steps=(0,))
-  with pytest.raises(ValueError, match="trajectory_steps"):
-    call(trajectory_steps=9)
-  known = jnp.zeros(shape, jnp.int32)
-  with pytest.raises(ValueError, match="both"):
-    call(known=known)
-  with pytest.raises(ValueError, match="sample shape"):
-    call(known=known[:1], known_mask=jnp.ones((), bool))
-  with pytest.raises(ValueError, match="does not broadcast"):
-    call(known=known, known_mask=jnp.ones((3,), bool))
-  with pytest.raises(TypeError, match="bool"):
-    call(known=known, known_mask=jnp.ones(shape, jnp.int32))
-  with pytest.raises(ValueError, match=r"\[0, 16\)"):
-    call(known=known + 16, known_mask=jnp.ones(shape, bool))
-  # eta = 1 is accepted for both samplers and ddim(eta=1) is the ancestral chain.
-  np.testing.assert_array_equal(call(eta=1.0), call(sampler="ddim", eta=1.0))
-
-
-# ------------------------------------------------------------------------------------------
 # Model-level sampling.
 
 
@@ -390,16 +351,8 @@ def test_sample_model_closed_form_conditional_unconditional_guided():
     sampling.sample_model(model, {}, key, n, T=T, labels=labels[:3])
 
 
-def test_check_chain_args_resolves_static_arguments():
-  args = sampling.check_chain_args([2, 2, 2, 1], np.int64(16), T=np.int32(5), sampler="ddim",
-                                   eta=None, decode="argmax", trajectory_steps=2, known=None,
-                                   known_mask=None)
-  assert args == sampling.ChainArgs(shape=(2, 2, 2, 1), vocab_size=16, T=5, sampler="ddim",
-                                    eta=0.0, decode="argmax", trajectory_steps=(5, 1), known=None,
-                                    known_mask=None)
-  hash(args)      # static: usable as jit static arguments
-
-
+# The checks themselves are tested in test_sampling_args.py; these show both entry points apply
+# them.
 @pytest.mark.parametrize("kwargs,error,match", [
     (dict(T=0), ValueError, "T must be"),
     (dict(sampler="euler"), ValueError, "Unknown sampler"),

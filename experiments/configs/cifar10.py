@@ -5,7 +5,7 @@
 Hardware: GPUs (1-8; the batch is split over every device). 32 -> 16 -> 8 -> 4 U-Net, 128 base
 channels, attention at 16x16, Fourier features, dropout 0.1 (~36M parameters), learned linear
 schedule on [-13.3, 5], batch 128, AdamW 2e-4, EMA 0.9999, 1M steps. Result: unmeasured (no GPU
-run yet). Data: the CIFAR-10 binary version (see vdm_jax/data/sources.py).
+run yet). Data: the CIFAR-10 binary version (see the `vdm_jax.data` docstring).
 """
 from experiments.configs import base
 

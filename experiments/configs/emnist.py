@@ -9,7 +9,7 @@
 Hardware: one GPU. The VDM paper's full-resolution score network, scaled down (64 channels,
 8 layers, Fourier features), learned linear schedule on [-13.3, 5], batch 128, 100k steps.
 Result: unmeasured (no GPU run yet). Data: the EMNIST gzip files or `tfds build emnist/letters`
-(see vdm_jax/data/sources.py); not on this machine.
+(see the `vdm_jax.data` docstring); not on this machine.
 """
 from experiments.configs import base
 

@@ -72,22 +72,23 @@ it, and its files are searched like the built-in ones. For KMNIST's .npz files::
 The built-in formats are readers of the same kind: ``read_idx_split`` and ``read_cifar10_split``.
 """
 from vdm_jax.data.batches import eval_batches, get_dataset, train_batches
-from vdm_jax.data.sources import (
+from vdm_jax.data.formats import (
     IDX_IMAGES_MAGIC,
     IDX_LABELS_MAGIC,
-    SPLITS,
-    DatasetSpec,
-    dataset_info,
-    dataset_names,
-    find_local_files,
-    get_spec,
-    load_arrays,
     read_cifar10_bin,
     read_cifar10_split,
     read_idx,
     read_idx_split,
+)
+from vdm_jax.data.registry import (
+    SPLITS,
+    DatasetSpec,
+    dataset_info,
+    dataset_names,
+    get_spec,
     register_dataset,
 )
+from vdm_jax.data.sources import find_local_files, load_arrays
 
 __all__ = [
     "DatasetSpec",

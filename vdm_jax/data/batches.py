@@ -13,7 +13,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from vdm_jax.data import sources
+from vdm_jax.data import registry, sources
 
 __all__ = ["eval_batches", "get_dataset", "train_batches"]
 
@@ -191,8 +191,8 @@ def get_dataset(name: str, split: str, batch_size: int, *, seed: int = 0,
     dicts with ``image`` uint8 [B, H, W, C] and ``label`` int32 [B]; for ``"test"`` also
     ``mask`` bool [B] (True for real rows).
   """
-  sources.get_spec(name)
-  sources.check_split(split)
+  registry.get_spec(name)
+  registry.check_split(split)
   process_index, process_count = _check_batching(batch_size, start_batch, process_index,
                                                  process_count)
   _check_non_negative("seed", seed)
