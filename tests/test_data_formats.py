@@ -1,4 +1,6 @@
 """vdm_jax.data.formats: IDX and CIFAR-10 binary files, read back, and the errors of bad ones."""
+import dataclasses
+import functools
 import gzip
 
 import chex
@@ -6,6 +8,8 @@ import numpy as np
 import pytest
 
 from vdm_jax import data
+from vdm_jax.data import formats
+from vdm_jax.data import registry as registry_module
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +101,16 @@ def test_wrong_magic_is_a_clear_error(tmp_path):
 # ----------------------------------------------------------------------------- CIFAR-10 binary
 
 
-def test_cifar10_binary_is_parsed_to_hwc(tmp_path):
+@pytest.fixture
+def cifar10_with_5_records_per_file(monkeypatch):
+  """The cifar10 spec with files of 5 records (the official ones hold 10000), restored after."""
+  spec = dataclasses.replace(registry_module.get_spec("cifar10"),
+                             reader=functools.partial(data.read_cifar10_split,
+                                                      records_per_file=5))
+  monkeypatch.setitem(registry_module._SPECS, "cifar10", spec)
+
+
+def test_cifar10_binary_is_parsed_to_hwc(tmp_path, cifar10_with_5_records_per_file):
   folder = tmp_path / "cifar-10-batches-bin"
   rng = np.random.default_rng(3)
   chw = rng.integers(0, 256, (6, 5, 3, 32, 32), np.uint8)  # 5 train files + test, 5 records each
@@ -121,3 +134,30 @@ def test_cifar10_binary_is_parsed_to_hwc(tmp_path):
   with pytest.raises(ValueError, match=r"test_batch.bin: 3075 bytes is not a whole number of "
                                        r"CIFAR-10 records"):
     data.load_arrays("cifar10", "test", data_dir=tmp_path)
+
+
+def test_cifar10_file_cut_on_a_record_boundary_is_a_clear_error(tmp_path):
+  folder = tmp_path / "cifar-10-batches-bin"
+  records = np.zeros((formats.CIFAR10_RECORDS_PER_FILE, 1 + 3 * 32 * 32), np.uint8)
+  folder.mkdir()
+  (folder / "test_batch.bin").write_bytes(records[:-1].tobytes())   # 9999 of 10000 records
+  with pytest.raises(ValueError, match=r"test_batch.bin: holds 9999 CIFAR-10 records, expected "
+                                       r"10000; the file is incomplete"):
+    data.load_arrays("cifar10", "test", data_dir=tmp_path)
+  (folder / "test_batch.bin").write_bytes(records.tobytes())
+  images, labels = data.load_arrays("cifar10", "test", data_dir=tmp_path)
+  chex.assert_shape([images, labels], [(10000, 32, 32, 3), (10000,)])
+
+
+def test_read_cifar10_bin_checks_the_count_only_when_given(tmp_path):
+  path = tmp_path / "part.bin"
+  write_cifar(path, np.zeros((7, 3, 32, 32), np.uint8), np.arange(7))
+  images, labels = data.read_cifar10_bin(path)
+  chex.assert_shape([images, labels], [(7, 32, 32, 3), (7,)])
+  np.testing.assert_array_equal(data.read_cifar10_bin(path, expected_records=7)[1], labels)
+  with pytest.raises(ValueError, match=r"part.bin: holds 7 CIFAR-10 records, expected 10000"):
+    data.read_cifar10_bin(path, expected_records=10000)
+  with pytest.raises(ValueError, match=r"part.bin: holds 7 CIFAR-10 records, expected 10000"):
+    data.read_cifar10_split([path])
+  np.testing.assert_array_equal(data.read_cifar10_split([path, path], records_per_file=None)[1],
+                                np.tile(labels, 2))

@@ -104,3 +104,11 @@ def test_input_errors():
   with pytest.raises(ValueError, match=r"\[0, 256\), found min 0 and max 300"):
     likelihood.check_range(np.array([[0, 300]]), 256)
   likelihood.check_range(np.array([[0, 255]], np.uint8), 256)
+
+
+def test_check_inputs_checks_values_only_when_concrete():
+  x = jnp.array([[0, 3], [2, 1]], jnp.int32)
+  likelihood.check_inputs(x, 4)
+  with pytest.raises(ValueError, match=r"\[0, 4\), found min 0 and max 4\. Quantise"):
+    likelihood.check_inputs(x.at[1, 0].set(4), 4)
+  jax.jit(lambda x: likelihood.check_inputs(x, 4) or x)(x.at[1, 0].set(4))   # traced: unchecked

@@ -188,3 +188,21 @@ def test_input_errors_raised_at_trace_time():
                     vocab_size=1)
   with pytest.raises(ValueError, match="T must be an int >= 0"):
     losses.vdm_loss(eps_fn, _linear, jnp.zeros((2, 4), jnp.int32), jax.random.PRNGKey(0), T=-1)
+
+
+def test_out_of_range_values_are_an_error_when_eager_and_unchecked_under_jit():
+  x_bad = POINTS_INT.at[1, 0, 0, 0].set(V).at[2, 1, 1, 0].set(-1)    # values -1 and V = 16
+  key = jax.random.PRNGKey(0)
+  message = r"data values must lie in \[0, 16\), found min -1 and max 16\. Quantise the data"
+  for x in (x_bad, np.asarray(x_bad)):
+    with pytest.raises(ValueError, match=message):
+      losses.vdm_loss(EPS_FN, _linear, x, key, vocab_size=V)
+    with pytest.raises(ValueError, match=message):
+      losses.training_loss(EPS_FN, _linear, x, key, vocab_size=V, weighting="simple")
+    with pytest.raises(ValueError, match=message):
+      losses.diffusion_loss_std(EPS_FN, _linear, x, key, num_draws=2, vocab_size=V)
+  # Under jit the values are tracers: nothing is checked (the documented NaN).
+  traced = jax.jit(lambda x: losses.vdm_loss(EPS_FN, _linear, x, key, vocab_size=V).total)
+  assert np.isnan(np.asarray(traced(x_bad))[1])
+  assert np.all(np.isfinite(losses.vdm_loss(EPS_FN, _linear, POINTS_INT, key,
+                                            vocab_size=V).total))

@@ -372,6 +372,38 @@ def test_sample_and_sample_model_raise_the_same_errors(kwargs, error, match):
     sampling.sample_model(PointMassClassVDM(), {}, rkey(0), 2, **args)
 
 
+@pytest.mark.parametrize("eps_fn,returned", [
+    (lambda z, g: z.reshape(z.shape[0], -1), r"float32 of shape \(3, 4\)"),
+    (lambda z, g: z[:1], r"float32 of shape \(1, 2, 2, 1\)"),
+    (lambda z, g: jnp.round(z).astype(jnp.int32), r"int32 of shape \(3, 2, 2, 1\)"),
+    (lambda z, g: (z, g), "a tuple"),
+])
+def test_eps_fn_output_of_the_wrong_shape_or_dtype_is_named(eps_fn, returned):
+  match = (r"eps_fn\(z, gamma_t\) must return eps_hat of the shape of z, \[B, \.\.\.\] = "
+           r"\(3, 2, 2, 1\), in floating point; for z float32 \(3, 2, 2, 1\) and gamma_t "
+           r"float32 \(3,\) it returned " + returned)
+  with pytest.raises(ValueError, match=match):
+    sampling.sample(eps_fn, gamma_fn, rkey(0), (3, *SHAPE), T=4, vocab_size=V)
+  with pytest.raises(ValueError, match=match):
+    jit_sample(eps_fn, shape=(3, *SHAPE), T=4)(rkey(0))
+
+
+def test_gamma_fn_output_that_does_not_broadcast_to_the_batch_is_named():
+  match = (r"gamma_fn must map t \[B\] = \(3,\) to gamma of a shape that broadcasts to \[B\], "
+           r"e\.g\. \(\) or \(3,\); it returned float32 of shape \(3, 1\)\. Make gamma_fn "
+           "elementwise in t")
+  with pytest.raises(ValueError, match=match):
+    sampling.sample(EPS_FN, lambda t: gamma_fn(t)[:, None], rkey(0), (3, *SHAPE), T=4,
+                    vocab_size=V)
+  with pytest.raises(ValueError, match=r"it returned float32 of shape \(2,\)"):
+    sampling.sample(EPS_FN, lambda t: gamma_fn(t)[:2], rkey(0), (3, *SHAPE), T=4, vocab_size=V)
+  # A scalar gamma (one time per call) broadcasts to [B] and samples as the [B] schedule does.
+  scalar = sampling.sample(EPS_FN, lambda t: gamma_fn(t[0]), rkey(0), (3, *SHAPE), T=4,
+                           vocab_size=V)
+  per_example = sampling.sample(EPS_FN, gamma_fn, rkey(0), (3, *SHAPE), T=4, vocab_size=V)
+  np.testing.assert_array_equal(scalar, per_example)
+
+
 def test_sample_model_tiny_vdm_compiles_once():
   net = nets.UNet(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
   model = vdm_model.VDM(network=net, image_shape=(4, 4, 1), vocab_size=256)

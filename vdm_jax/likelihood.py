@@ -18,7 +18,12 @@ Array = jax.Array
 
 
 def check_inputs(x_int, vocab_size: int) -> None:
-  """Trace-time checks (dtype, rank, vocab size); raises ValueError / TypeError saying what to do."""
+  """Checks the integer data x_int [B, ...] given to a loss; raises ValueError / TypeError.
+
+  vocab_size, dtype and rank are checked always (they are known at trace time). The values are
+  checked (`check_range`) only when x_int is concrete, i.e. when the call is eager; under jit,
+  vmap or pmap they are not, since reading them would need a host round trip per step.
+  """
   if not isinstance(vocab_size, (int, np.integer)) or vocab_size < 2:
     raise ValueError(f"vocab_size must be an int >= 2, got {vocab_size!r}.")
   dtype = jnp.asarray(x_int).dtype if not hasattr(x_int, "dtype") else x_int.dtype
@@ -30,6 +35,8 @@ def check_inputs(x_int, vocab_size: int) -> None:
     raise ValueError(
         f"x_int must have shape [batch, ...] with at least one data dimension, got shape "
         f"{jnp.shape(x_int)}.")
+  if not isinstance(x_int, jax.core.Tracer):
+    check_range(x_int, vocab_size)
 
 
 def check_range(x_int, vocab_size: int) -> None:

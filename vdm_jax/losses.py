@@ -210,8 +210,9 @@ def vdm_loss(eps_fn: EpsFn, gamma_fn: GammaFn, x_int: Array, key: Array, *,
     eps_fn: (z_t [B, ...] float32, gamma_t [B]) -> eps_hat [B, ...], the noise prediction.
     gamma_fn: t [B] -> gamma [B]; must be elementwise in t and differentiable (its jvp gives
       gamma'(t)). gamma_fn(0) and gamma_fn(1) are the schedule's endpoints.
-    x_int: integer data [B, ...] with values in [0, vocab_size) (not checked under trace: use
-      `likelihood.check_range` in the data pipeline).
+    x_int: integer data [B, ...] with values in [0, vocab_size). The values are checked when the
+      call is eager (ValueError naming the range found); under jit they are not, and values
+      outside the range give NaN: check them in the data pipeline (`likelihood.check_range`).
     key: PRNG key; the times, the diffusion noise and the z_0 noise all come from it.
     vocab_size: number of discrete values per dimension (256 for 8-bit images).
     T: 0 for the continuous-time loss, else the number of discrete steps.
@@ -230,6 +231,7 @@ def diffusion_loss_std(eps_fn: EpsFn, gamma_fn: GammaFn, x_int: Array, key: Arra
 
   For each image of x_int [B, ...], `num_draws` independent (t, eps) draws (t i.i.d. uniform, as
   one example of a batch sees it); returns the standard deviation across draws, [B] nats.
+  x_int is checked as in `vdm_loss` (its values only when the call is eager).
   """
   likelihood.check_inputs(x_int, vocab_size)
   x = likelihood.encode(x_int, vocab_size)

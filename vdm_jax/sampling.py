@@ -70,8 +70,10 @@ def sample(eps_fn: EpsFn, gamma_fn: GammaFn, key: Array, shape: Sequence[int], *
   """Draws integer images by running the reverse chain from z_1 ~ N(0, I) down to z_0.
 
   Args:
-    eps_fn: (z [B, ...] float32, gamma_t [B] float32) -> eps_hat [B, ...].
-    gamma_fn: t [B] -> gamma [B] (the schedule, elementwise).
+    eps_fn: (z [B, ...] float32, gamma_t [B] float32) -> eps_hat [B, ...], floating point.
+    gamma_fn: t [B] -> gamma [B] (the schedule, elementwise); an output of shape () or any
+      shape that broadcasts to [B] is accepted. Both output shapes are checked before the chain
+      runs (ValueError), eps_fn's with `jax.eval_shape`, at no compute.
     key: PRNG key; z_1, the per-step noise, inpainting draws and the decoder draw come from it.
     shape: static output shape [B, ...] (rank >= 2).
     T: number of steps (int >= 1), static. Step i in T..1 goes from t = i/T to s = (i-1)/T.
@@ -109,6 +111,7 @@ def sample(eps_fn: EpsFn, gamma_fn: GammaFn, key: Array, shape: Sequence[int], *
   batch = shape[0]
   key_init, key_steps, key_known, key_decode = jax.random.split(key, 4)
   gamma_1 = jnp.asarray(gamma_fn(jnp.ones((batch,), jnp.float32)), jnp.float32)
+  _check_model_fns(eps_fn, gamma_1, shape)
   z_1 = jax.random.normal(key_init, shape, jnp.float32)
   if known is not None:
     x_known = likelihood.encode(known, vocab_size)
@@ -159,6 +162,39 @@ def sample(eps_fn: EpsFn, gamma_fn: GammaFn, key: Array, shape: Sequence[int], *
     return images
   t_rec = jnp.asarray(np.asarray(steps, np.float32) / np.float32(T))
   return images, Trajectory(t=t_rec, z=buffers[0][:n_rec], x_hat=buffers[1][:n_rec])
+
+
+def _describe(out) -> str:
+  """What a function returned, for error messages: dtype and shape, or the container type."""
+  if hasattr(out, "shape") and hasattr(out, "dtype"):
+    return f"{out.dtype} of shape {tuple(out.shape)}"
+  return f"a {type(out).__name__}"
+
+
+def _check_model_fns(eps_fn: EpsFn, gamma_1: Array, shape: tuple[int, ...]) -> None:
+  """ValueError unless gamma_fn's output gamma_1 broadcasts to [B] and eps_fn returns a float
+  array of `shape` [B, ...].
+
+  A wrong shape would otherwise surface deep inside `lax.scan` as "carry types differ". eps_fn is
+  traced with `jax.eval_shape`, so this check computes nothing and draws no random numbers.
+  """
+  batch = shape[0]
+  try:
+    gamma_ok = np.broadcast_shapes(gamma_1.shape, (batch,)) == (batch,)
+  except ValueError:
+    gamma_ok = False
+  if not gamma_ok:
+    raise ValueError(
+        f"gamma_fn must map t [B] = ({batch},) to gamma of a shape that broadcasts to [B], e.g. "
+        f"() or ({batch},); it returned {_describe(gamma_1)}. Make gamma_fn elementwise in t.")
+  out = jax.eval_shape(eps_fn, jax.ShapeDtypeStruct(shape, jnp.float32),
+                       jax.ShapeDtypeStruct(gamma_1.shape, jnp.float32))
+  if not (hasattr(out, "shape") and hasattr(out, "dtype") and tuple(out.shape) == shape
+          and jnp.issubdtype(out.dtype, jnp.floating)):
+    raise ValueError(
+        f"eps_fn(z, gamma_t) must return eps_hat of the shape of z, [B, ...] = {shape}, in "
+        f"floating point; for z float32 {shape} and gamma_t float32 {tuple(gamma_1.shape)} it "
+        f"returned {_describe(out)}.")
 
 
 # --------------------------------------------------------------------------------------------

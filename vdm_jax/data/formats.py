@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = [
+    "CIFAR10_RECORDS_PER_FILE",
     "IDX_IMAGES_MAGIC",
     "IDX_LABELS_MAGIC",
     "read_cifar10_bin",
@@ -27,6 +28,9 @@ __all__ = [
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dims [N, H, W]
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dim [N]
 _CIFAR_RECORD_BYTES = 1 + 3 * 32 * 32
+# Each file of the official CIFAR-10 binary version (data_batch_1..5.bin, test_batch.bin) holds
+# this many records; only the count tells a file cut on a record boundary from a whole one.
+CIFAR10_RECORDS_PER_FILE = 10000
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -95,33 +99,55 @@ def read_idx_split(files: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
-def read_cifar10_bin(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar10_bin(path: str | os.PathLike,
+                     expected_records: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Reads one file of the CIFAR-10 binary version.
 
   Each record is 1 label byte followed by 3072 pixel bytes: 1024 red, 1024 green, 1024 blue,
   each a row-major 32x32 plane. Read with numpy; nothing is unpickled.
 
+  Args:
+    path: the file.
+    expected_records: the number of records the file must hold (``CIFAR10_RECORDS_PER_FILE``
+      for an official file), or None to accept any positive whole number of records.
+
   Returns:
     images uint8 [N, 32, 32, 3] (HWC) and labels int32 [N].
 
   Raises:
-    ValueError naming the file when its length is not a positive multiple of 3073 bytes.
+    ValueError naming the file when its length is not a positive multiple of 3073 bytes, or
+    when it holds other than `expected_records` records.
   """
   data = Path(path).read_bytes()
   if not data or len(data) % _CIFAR_RECORD_BYTES:
     raise ValueError(
         f"{path}: {len(data)} bytes is not a whole number of CIFAR-10 records "
         f"({_CIFAR_RECORD_BYTES} bytes each: 1 label byte + 3072 pixel bytes); truncated?")
+  num_records = len(data) // _CIFAR_RECORD_BYTES
+  if expected_records is not None and num_records != expected_records:
+    raise ValueError(
+        f"{path}: holds {num_records} CIFAR-10 records, expected {expected_records}; the file "
+        "is incomplete or not from the official CIFAR-10 binary version: delete it and extract "
+        "it again.")
   records = np.frombuffer(data, np.uint8).reshape(-1, _CIFAR_RECORD_BYTES)
   images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
   return np.ascontiguousarray(images), records[:, 0].astype(np.int32)
 
 
-def read_cifar10_split(files: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar10_split(
+    files: Sequence[Path],
+    records_per_file: int | None = CIFAR10_RECORDS_PER_FILE) -> tuple[np.ndarray, np.ndarray]:
   """Reader of the CIFAR-10 binary version: the batch files of a split, concatenated in order.
+
+  Args:
+    files: the split's batch files (5 for train, 1 for test).
+    records_per_file: the record count each file must hold (`read_cifar10_bin`'s
+      `expected_records`); the default is that of the official files. None accepts any count,
+      e.g. for a registered dataset stored in this format with files of other sizes (bind it
+      with ``functools.partial``).
 
   Returns:
     images uint8 [N, 32, 32, 3] and labels int32 [N].
   """
-  parts = [read_cifar10_bin(f) for f in files]
+  parts = [read_cifar10_bin(f, records_per_file) for f in files]
   return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
