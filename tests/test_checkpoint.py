@@ -119,3 +119,101 @@ def test_checkpoint_of_another_structure_is_an_error_not_skipped(tmp_path):
     ckpt.restore(target_like(make_state(0.0, shape=(5, 4))))
   assert ckpt.all_steps() == [1]   # not moved away
   ckpt.close()
+
+
+def _data_files(step_dir: Path) -> list[Path]:
+  return sorted((f for f in (step_dir / "state").rglob("*") if f.is_file() and f.parent.name == "d"),
+                key=lambda f: f.stat().st_size)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_bytes_flipped_in_a_data_file_fall_back_to_the_previous_step(tmp_path, caplog):
+  directory = tmp_path / "checkpoints"
+  ckpt = checkpoint.Checkpointer(directory, max_to_keep=5)
+  big = (64, 64)     # chunks large enough that a flip lands inside compressed array data
+  ckpt.save(1, make_state(1.0, big))
+  ckpt.save(2, make_state(2.0, big))
+  ckpt.close()
+  victim = _data_files(directory / "2")[-1]
+  raw = bytearray(victim.read_bytes())
+  for i in range(len(raw) // 2, len(raw) // 2 + 4):
+    raw[i] ^= 0xFF
+  victim.write_bytes(bytes(raw))
+
+  ckpt = checkpoint.Checkpointer(directory, max_to_keep=5)
+  with caplog.at_level(logging.WARNING, logger="vdm_jax.checkpoint"):
+    state, meta = ckpt.restore(target_like(make_state(0.0, big)))
+  assert meta["step"] == 1
+  assert_trees_equal(state, make_state(1.0, big))
+  [message] = [r.getMessage() for r in caplog.records if r.name == "vdm_jax.checkpoint"]
+  assert "Checkpoint step 2" in message and "resuming from step 1 instead" in message
+  assert "corrupt" in message or "unreadable" in message
+  ckpt.close()
+
+
+def test_checksum_mismatch_is_detected_and_names_the_array(tmp_path, caplog):
+  directory = tmp_path / "checkpoints"
+  ckpt = checkpoint.Checkpointer(directory, max_to_keep=5)
+  ckpt.save(1, make_state(1.0))
+  ckpt.save(2, make_state(2.0))
+  ckpt.close()
+  # Data that decodes but differs from what was saved: the record says other bytes were saved.
+  meta_file = directory / "2" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  key = ".params['dense']['kernel']"
+  assert key in meta["checksums"]
+  meta["checksums"][key] = "00000000"
+  meta_file.write_text(json.dumps(meta))
+  ckpt = checkpoint.Checkpointer(directory, max_to_keep=5)
+  with pytest.raises(checkpoint.CorruptCheckpointError, match=r"corrupt: 1 array\(s\) differ "
+                     r"from the checksums saved with the step \(first: .params\['dense'\]"):
+    ckpt.restore(target_like(make_state(0.0)), step=2)
+  with caplog.at_level(logging.WARNING, logger="vdm_jax.checkpoint"):
+    state, meta = ckpt.restore(target_like(make_state(0.0)), set_aside=False)
+  assert meta["step"] == 1 and (directory / "2").exists()   # eval / sample move nothing
+  ckpt.close()
+
+
+def test_no_usable_step_is_an_error_listing_them_and_moves_nothing(tmp_path):
+  directory = tmp_path / "checkpoints"
+  ckpt = checkpoint.Checkpointer(directory, max_to_keep=5)
+  ckpt.save(1, make_state(1.0))
+  ckpt.close()
+  (directory / "1" / checkpoint.COMMIT_MARKER).unlink()
+  meta_file = directory / "1" / checkpoint.STEP_METADATA
+  meta_file.write_text(json.dumps(dict(json.loads(meta_file.read_text()),
+                                       commit_timestamp_nsecs=None)))
+  ckpt = checkpoint.Checkpointer(directory, max_to_keep=5)
+  with pytest.raises(checkpoint.NoUsableCheckpointError,
+                     match=r"holds step folders but none of them restores \(step 1: incomplete.*"
+                     r"Nothing was moved.*--start_over"):
+    ckpt.restore(target_like(make_state(0.0)))
+  assert (directory / "1").exists()
+  moved = ckpt.set_aside_all()
+  assert list(moved) == [1] and not (directory / "1").exists() and moved[1].exists()
+  assert ckpt.restore(target_like(make_state(0.0))) is None
+  ckpt.close()
+
+
+def test_transient_io_errors_are_retried_then_raised(tmp_path, monkeypatch):
+  monkeypatch.setattr(checkpoint, "_RETRY_WAIT_S", 0.0)
+  ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
+  ckpt.save(1, make_state(1.0))
+  ckpt.wait()
+  real, calls = ckpt._manager.restore, []
+
+  def flaky(step, args=None):
+    calls.append(step)
+    if "state" in args and len(calls) < 4:
+      raise PermissionError("stale file handle")
+    return real(step, args=args)
+
+  monkeypatch.setattr(ckpt._manager, "restore", flaky)
+  state, _ = ckpt.restore(target_like(make_state(0.0)))    # fails once, then reads
+  assert_trees_equal(state, make_state(1.0))
+  calls.clear()
+  monkeypatch.setattr(checkpoint, "_RETRIES", 1)
+  with pytest.raises(PermissionError, match=r"failed 1 times: stale file handle"):
+    ckpt.restore(target_like(make_state(0.0)))
+  assert ckpt.all_steps() == [1]   # a transient error sets nothing aside
+  ckpt.close()
