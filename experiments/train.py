@@ -7,9 +7,12 @@
     python -m experiments.train --workdir=/tmp/qs --mode=eval --checkpoint_step=1000
     python -m experiments.train --workdir=/tmp/qs --mode=sample --num_samples=100
 
---mode=train resumes from the newest checkpoint in <workdir>/checkpoints when there is one.
+--mode=train resumes from the newest usable checkpoint in <workdir>/checkpoints when there is
+one (a damaged step is skipped with a warning); one run at a time per workdir (a lock), and
+SIGTERM saves a checkpoint and exits 0. --start_over and --allow_config_change are the explicit
+ways past a workdir whose checkpoints do not restore or were written with other settings.
 --mode=eval prints the test-set bpd (with its standard error) of a checkpoint's EMA parameters
-and appends it to <workdir>/metrics.jsonl and <workdir>/eval_step_<step>.json.
+and writes it to <workdir>/eval_step_<step>.json (metrics.jsonl is the training run's history).
 --mode=sample writes <workdir>/samples_step_<step>.png (a grid) and .npz (uint8 images).
 For eval and sample, --config defaults to the copy the training run left in <workdir>/config.json.
 Multi-host: pass --multihost on every host (see vdm_jax/parallel.py).
@@ -34,6 +37,10 @@ flags.DEFINE_integer("checkpoint_step", None, "eval/sample: this step instead of
 flags.DEFINE_integer("num_samples", None, "sample: how many (default config.sampling.num_samples).")
 flags.DEFINE_integer("sample_seed", None, "sample: PRNG seed (default derived from the config).")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (several hosts).")
+flags.DEFINE_bool("start_over", False, "train: move the workdir's step folders to "
+                  "checkpoints.incomplete/ and train from step 0.")
+flags.DEFINE_bool("allow_config_change", False, "train: resume even though the checkpoint was "
+                  "written with another dataset, seed or image shape.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -67,7 +74,11 @@ def main(argv):
 
   spec = config_lib.resolve(config)   # every check, before anything is read or written
   if FLAGS.mode == "train":
-    training.train_and_evaluate(spec, FLAGS.workdir)
+    result = training.train_and_evaluate(spec, FLAGS.workdir, start_over=FLAGS.start_over,
+                                         allow_config_change=FLAGS.allow_config_change)
+    if result.get("preempted"):
+      print(f"step {result['step']}: stopped by SIGTERM after saving a checkpoint; the same "
+            "command resumes it.")
   elif FLAGS.mode == "eval":
     record = training.evaluate_checkpoint(spec, FLAGS.workdir, FLAGS.checkpoint_step)
     print(f"step {record['step']}: test bpd {record['eval/bpd']:.4f} +- "

@@ -40,3 +40,19 @@ def test_format_duration():
   assert logging_utils.format_duration(123) == "2m03s"
   assert logging_utils.format_duration(3723) == "1h02m03s"
   assert logging_utils.format_duration(float("nan")) == "?"
+
+
+def test_truncate_metrics_keeps_one_history(tmp_path):
+  writer = logging_utils.MetricsWriter(tmp_path, tensorboard=False)
+  for step, record in [(0, {"event": "start"}), (2, {"train/bpd": 5.0}), (4, {"train/bpd": 4.0}),
+                       (4, {"eval/bpd": 4.1}), (4, {"event": "start"}), (6, {"train/bpd": 3.0})]:
+    writer.write(step, record)
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 7, "train/b')            # a line torn by a crash
+  assert logging_utils.truncate_metrics(tmp_path, 4) == 3
+  records = logging_utils.read_metrics(tmp_path)
+  assert [(r["step"], sorted(set(r) - {"step", "time"})) for r in records] == [
+      (0, ["event"]), (2, ["train/bpd"]), (4, ["train/bpd"]), (4, ["eval/bpd"])]
+  assert logging_utils.truncate_metrics(tmp_path, 4) == 0
+  assert logging_utils.truncate_metrics(tmp_path, None) == 4
+  assert logging_utils.read_metrics(tmp_path) == []

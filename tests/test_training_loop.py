@@ -109,6 +109,9 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   with pytest.raises(training.TrainingDiverged, match=r"Training diverged at step 2: loss") as err:
     training.train_and_evaluate(spec, tmp_path)
   assert "last good checkpoint (step 1)" in str(err.value)
+  # The cause named from the settings, before any generic advice.
+  assert ("Likely causes: config.optimizer.lr=1e+30 is far above the usual 1e-4 to 3e-3; "
+          "gradient clipping is off") in str(err.value)
   ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
   assert ckpt.all_steps() == [1]
   ckpt.close()

@@ -51,3 +51,20 @@ def test_no_checkpoint_says_what_to_do(tmp_path):
   spec = config_lib.resolve(tiny_config())
   with pytest.raises(FileNotFoundError, match=r"No checkpoint in .*: train first"):
     training.evaluate_checkpoint(spec, tmp_path)
+
+
+def test_eval_and_sample_move_nothing_and_say_when_no_step_is_usable(workdir, tmp_path):
+  spec, path, _ = workdir
+  import shutil
+  damaged = tmp_path / "damaged"
+  shutil.copytree(path, damaged)
+  (damaged / "checkpoints" / "0" / checkpoint.COMMIT_MARKER).unlink()
+  meta_file = damaged / "checkpoints" / "0" / checkpoint.STEP_METADATA
+  meta_file.write_text(json.dumps(dict(json.loads(meta_file.read_text()),
+                                       commit_timestamp_nsecs=None)))
+  for mode in (training.evaluate_checkpoint, training.sample_checkpoint):
+    with pytest.raises(checkpoint.NoUsableCheckpointError,
+                       match=r"none of them restores \(step 0: incomplete"):
+      mode(spec, damaged)
+    assert (damaged / "checkpoints" / "0").is_dir()
+  assert not (damaged / "checkpoints.incomplete").exists()

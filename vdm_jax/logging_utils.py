@@ -93,6 +93,35 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def truncate_metrics(workdir: str | os.PathLike, keep_through: int | None) -> int:
+  """Keeps the records of `<workdir>/metrics.jsonl` with step <= keep_through (None: none), so
+  that a resumed run continues one history instead of repeating the steps after its checkpoint
+  (a start event at keep_through itself belongs to a run that did not get past it: dropped too).
+  The file is replaced atomically; a torn last line (a crash mid-write) is dropped. Returns the
+  number of records dropped."""
+  path = Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return 0
+  kept, dropped = [], 0
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except ValueError:
+      dropped += 1
+      continue
+    step = record.get("step", 0)
+    if keep_through is not None and (step < keep_through or (
+        step == keep_through and record.get("event") != "start")):
+      kept.append(line)
+    else:
+      dropped += 1
+  if dropped:
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+  return dropped
+
+
 def image_grid(images: np.ndarray, ncols: int | None = None, padding: int = 2,
                vocab_size: int = 256) -> np.ndarray:
   """Integer images [N, H, W, C] in [0, vocab_size) -> one uint8 image [rows*(H+p)+p, ..., C].

@@ -15,7 +15,17 @@ import numpy as np
 
 from vdm_jax import data, evaluation, parallel, sampling
 from vdm_jax import model as model_lib
-from vdm_jax.config import EvalSpec, SamplingSpec
+from vdm_jax.config import EvalSpec, RunSpec, SamplingSpec
+
+
+def check_values_fit(spec: RunSpec, split: str, images: np.ndarray) -> None:
+  """Raises ValueError unless the split's values lie in [0, config.model.vocab_size)."""
+  top = int(images.max()) if images.size else 0
+  if top >= spec.model.vocab_size:
+    raise ValueError(
+        f"config.model.vocab_size={spec.model.vocab_size}, but the {split} images of "
+        f"{spec.data.name!r} take values up to {top}: set config.model.vocab_size to "
+        f"{256 if top < 256 else top + 1} ({'8-bit data' if top < 256 else 'its value range'}).")
 
 
 def eval_key(seed: int) -> jax.Array:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -29,6 +31,7 @@ from vdm_jax.training import actions
 from vdm_jax.training import optimizer as optimizer_lib
 from vdm_jax.training import state as state_lib
 from vdm_jax.training import step as step_lib
+from vdm_jax.training import workdir as workdir_lib
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +106,21 @@ def _stacked_batches(batches: Iterator[dict], n: int, mesh, with_labels: bool) -
                               batch_dim=1)
 
 
+def _likely_causes(spec: RunSpec) -> list[str]:
+  """Settings that are known to make training diverge, most likely first. (The data's values
+  were checked against the model at start, so they are not among the causes.)"""
+  o, causes = spec.optimizer, []
+  if o.lr > 1e-2:
+    causes.append(f"config.optimizer.lr={o.lr} is far above the usual 1e-4 to 3e-3")
+  if o.grad_clip == 0:
+    causes.append("gradient clipping is off (config.optimizer.grad_clip=0; 1.0 is usual)")
+  if o.warmup_steps == 0:
+    causes.append("there is no learning-rate warm-up (config.optimizer.warmup_steps=0)")
+  if spec.model.dtype != "float32":
+    causes.append(f"the network computes in {spec.model.dtype} (config.model.dtype)")
+  return causes or [f"a learning rate too high for this model (config.optimizer.lr={o.lr})"]
+
+
 def _check_finite(values: dict, steps: list[int], ckpt, spec: RunSpec) -> None:
   if not steps or bool(np.all(values["train/finite"])):
     return
@@ -114,21 +132,34 @@ def _check_finite(values: dict, steps: list[int], ckpt, spec: RunSpec) -> None:
   raise TrainingDiverged(
       f"Training diverged at step {steps[i]}: loss {float(values['train/loss'][i])}, gradient "
       f"norm {float(values['train/grad_norm'][i])} (non-finite loss, gradients or parameters). "
-      f"This state was not saved; {kept}. Lower config.optimizer.lr (now "
-      f"{spec.optimizer.lr}), check config.optimizer.grad_clip, or resume from the checkpoint "
-      "with other settings.")
+      f"This state was not saved; {kept}. Likely causes: {'; '.join(_likely_causes(spec))}. "
+      "Change them and run the same command again: it resumes from the checkpoint (every "
+      "optimizer setting keeps the state's structure).")
 
 
 def train_and_evaluate(spec: RunSpec, workdir: str | Path, *,
-                       mesh: jax.sharding.Mesh | None = None) -> dict:
+                       mesh: jax.sharding.Mesh | None = None, start_over: bool = False,
+                       allow_config_change: bool = False) -> dict:
   """Trains `spec` in `workdir`, resuming from its latest checkpoint, and evaluates.
 
   Logs every spec.training.log_every steps, checkpoints every checkpoint_every (keeping
   keep_checkpoints), evaluates the EMA parameters on the test split every eval_every and
-  writes sample grids every sample_every steps, and does each at the last step.
+  writes sample grids every sample_every steps, and does each at the last step. SIGTERM (a
+  pre-emption) saves a checkpoint at the next step boundary and returns.
 
-  Returns the last record written to metrics.jsonl with eval results. Raises TrainingDiverged
-  (naming the step) when the loss becomes non-finite; that state is not saved.
+  Before anything is compiled: both data splits are read and checked against the model, the
+  workdir is locked (`WorkdirLock`), the checkpoint (if any) is restored and compared with the
+  config (dataset, seed, image shape, state structure); only then are `config.json` and
+  `metrics.jsonl` (cut back to the restored step, so it holds one history) written.
+
+  Args:
+    start_over: move existing step folders to `checkpoints.incomplete/` and train from step 0
+      (needed when step folders exist but none restores).
+    allow_config_change: resume even if the checkpoint's dataset / seed / image shape differ.
+
+  Returns the last record written to metrics.jsonl with eval results ({"preempted": True, ...}
+  after SIGTERM). Raises TrainingDiverged (naming the step) when the loss becomes non-finite;
+  that state is not saved.
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
   model = spec.model.build()
@@ -136,46 +167,59 @@ def train_and_evaluate(spec: RunSpec, workdir: str | Path, *,
   # file fails here, not after training.
   train_split = data.load_arrays(spec.data.name, "train", spec.data.data_dir)
   test_split = data.load_arrays(spec.data.name, "test", spec.data.data_dir)
+  actions.check_values_fit(spec, "train", train_split[0])
+  actions.check_values_fit(spec, "test", test_split[0])
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(spec.to_json())
-  writer = logging_utils.MetricsWriter(workdir, enabled=jax.process_index() == 0)
-  ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints",
-                                     max_to_keep=spec.training.keep_checkpoints)
-  try:
-    return _run(spec, workdir, model, mesh, writer, ckpt, train_split, test_split)
-  finally:
-    ckpt.close()
-    writer.close()
+  with workdir_lib.WorkdirLock(workdir):
+    ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints",
+                                       max_to_keep=spec.training.keep_checkpoints)
+    try:
+      if start_over:
+        ckpt.set_aside_all()
+      optimizer = optimizer_lib.make_optimizer(spec.optimizer, spec.training.num_steps)
+      state, resumed = _restore_or_init(spec, model, optimizer, mesh, ckpt, allow_config_change)
+      if jax.process_index() == 0:
+        logging_utils.truncate_metrics(workdir, int(state.step) if resumed else None)
+      workdir_lib.write_config(spec, workdir)
+      writer = logging_utils.MetricsWriter(workdir, enabled=jax.process_index() == 0)
+      try:
+        return _run(spec, workdir, model, optimizer, state, mesh, writer, ckpt, train_split,
+                    test_split)
+      finally:
+        writer.close()
+    finally:
+      ckpt.close()
 
 
-def _restore_or_init(spec: RunSpec, model, optimizer, mesh, ckpt):
+def _restore_or_init(spec: RunSpec, model, optimizer, mesh, ckpt, allow_config_change: bool):
+  """(state, resumed): the latest usable checkpoint, checked against the config, or a fresh
+  state."""
   restored = ckpt.restore(state_lib.abstract_state(model, optimizer, mesh))
   if restored is None:
-    return state_lib.create_state(model, optimizer, spec.training.seed, mesh)
+    return state_lib.create_state(model, optimizer, spec.training.seed, mesh), False
   state, meta = restored
-  logger.info("Resumed from the checkpoint at step %d in %s.", int(state.step), ckpt.directory)
+  step = int(state.step)
+  for difference in workdir_lib.check_resume(spec, meta, step, ckpt.directory,
+                                             allow_config_change):
+    logger.warning("Resuming despite a changed setting (--allow_config_change): %s.",
+                   difference)
+  logger.info("Resumed from the checkpoint at step %d in %s.", step, ckpt.directory)
   if meta.get("global_batch_size", spec.training.batch_size) != spec.training.batch_size:
     logger.warning("The checkpoint was trained with global batch %s, this config has %d: the "
                    "data order after resuming differs from an uninterrupted run.",
                    meta.get("global_batch_size"), spec.training.batch_size)
-  return state
+  return state, True
 
 
-def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, mesh, writer, ckpt,
-         train_split, test_split) -> dict:
-  loop, num_steps = spec.training, spec.training.num_steps
-  optimizer = optimizer_lib.make_optimizer(spec.optimizer, num_steps)
-  state = _restore_or_init(spec, model, optimizer, mesh, ckpt)
-  step = int(state.step)
+def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, mesh, writer,
+         ckpt, train_split, test_split) -> dict:
+  loop, num_steps, step = spec.training, spec.training.num_steps, int(state.step)
   _log_start(spec, model, state, mesh, writer, step)
   train_step = step_lib.compiled_train_step(model, optimizer, mesh,
                                             ema_rate=spec.optimizer.ema_rate)
   batches = data.train_batches(*train_split, parallel.per_process_batch(loop.batch_size, mesh),
                                seed=loop.seed, start_batch=step)
-  ckpt_meta = {"global_batch_size": loop.batch_size, "seed": loop.seed,
-               "dataset": spec.data.name}
+  ckpt_meta = workdir_lib.checkpoint_meta(spec)
   last_record: dict = {}
 
   def log(step, values):
@@ -183,44 +227,79 @@ def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, mesh, writer, ckpt,
     last_record = _log_train(spec, writer, step, values, throughput.rate(step),
                              len(train_split[0]))
 
-  def evaluate(step, _):
+  def save(step, _=None):
+    if step not in ckpt.all_steps():
+      ckpt.save(step, state, ckpt_meta)
+
+  def evaluate(step, _=None):
     nonlocal last_record
     last_record = _log_eval(writer, step, actions.evaluate_params(
         model, state.ema_params, spec.eval, test_split, mesh, actions.eval_key(loop.seed)))
 
-  def sample(step, _):
+  def sample(step, _=None):
     _write_samples(workdir, writer, model, step, actions.sample_params(
         model, state.ema_params, spec.sampling, actions.sample_key(loop.seed)))
 
-  periodic = [(Every(loop.log_every), log),
-              (Every(loop.checkpoint_every), lambda s, _: ckpt.save(s, state, ckpt_meta)),
-              (Every(loop.eval_every), evaluate),
-              (Every(loop.sample_every), sample)]
+  periodic = [(Every(loop.log_every), log), (Every(loop.checkpoint_every), save),
+              (Every(loop.eval_every), evaluate), (Every(loop.sample_every), sample)]
   pending, throughput, start_step = _Pending(), _Throughput(step), step
-  while step < num_steps:
-    next_due = min(every.next_due(step, num_steps) for every, _ in periodic)
-    n = min(loop.steps_per_call, next_due - step)
-    state, metrics = train_step(state, _stacked_batches(batches, n, mesh, model.num_classes))
-    pending.add(step, metrics)
-    step += n
-    throughput.after_call(state, step)
-    due = [action for every, action in periodic if every.due(step, num_steps)]
-    if due:
-      values, steps = pending.collect()
-      _check_finite(values, steps, ckpt, spec)
-      for action in due:
-        action(step, values)
-      writer.flush()
-      throughput.mark(step)
+  with _Preemption() as preempted:
+    while step < num_steps:
+      next_due = min(every.next_due(step, num_steps) for every, _ in periodic)
+      n = min(loop.steps_per_call, next_due - step)
+      state, metrics = train_step(state, _stacked_batches(batches, n, mesh, model.num_classes))
+      pending.add(step, metrics)
+      step += n
+      throughput.after_call(state, step)
+      due = [action for every, action in periodic if every.due(step, num_steps)]
+      stop = preempted()
+      if due or stop:
+        values, steps = pending.collect()
+        _check_finite(values, steps, ckpt, spec)
+        for action in (due if not stop else [save]):
+          action(step, values)
+        writer.flush()
+        throughput.mark(step)
+      if stop:
+        logger.warning("SIGTERM: saved the checkpoint of step %d in %s; stopping. The same "
+                       "command resumes from it.", step, ckpt.directory)
+        ckpt.wait()
+        return writer.write(step, {"event": "preempted"}) | {"preempted": True}
 
   if start_step == num_steps:   # a finished run: evaluate and sample its final state again
-    evaluate(step, None)
-    sample(step, None)
-  if step not in ckpt.all_steps():
-    ckpt.save(step, state, ckpt_meta)
+    evaluate(step)
+    sample(step)
+  save(step)
   ckpt.wait()
   writer.flush()
   return last_record
+
+
+class _Preemption:
+  """SIGTERM sets a flag that the loop reads at each step boundary (the handler itself does
+  nothing else, so it is safe whatever the main thread is doing). With several processes, the
+  flags are combined so that every process stops at the same step."""
+
+  def __init__(self):
+    self._flag, self._previous = False, None
+
+  def _handle(self, signum, frame):
+    self._flag = True
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __call__(self) -> bool:
+    if jax.process_count() == 1:
+      return self._flag
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.int32(self._flag))))
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _log_start(spec: RunSpec, model, state, mesh, writer, step: int) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import jax
@@ -28,11 +29,14 @@ def restore_state(spec: RunSpec, workdir: str | Path, step: int | None = None,
   directory = Path(workdir) / "checkpoints"
   ckpt = checkpoint_lib.Checkpointer(directory, max_to_keep=None)
   try:
-    if step is None and ckpt.latest_step() is None:
+    # Nothing is moved here: a damaged step is skipped (warning), never set aside.
+    restored = ckpt.restore(state_lib.abstract_state(model, optimizer, mesh), step=step,
+                            set_aside=False)
+    if restored is None:
       raise FileNotFoundError(
           f"No checkpoint in {directory}: train first (--mode=train with this --workdir), or "
           "point --workdir at a folder holding checkpoints/.")
-    state, _ = ckpt.restore(state_lib.abstract_state(model, optimizer, mesh), step=step)
+    state, _ = restored
   finally:
     ckpt.close()
   return model, state, int(state.step)
@@ -41,17 +45,15 @@ def restore_state(spec: RunSpec, workdir: str | Path, step: int | None = None,
 def evaluate_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None = None, *,
                         mesh: jax.sharding.Mesh | None = None) -> dict:
   """Test-set bpd of a checkpoint's EMA parameters, with the same key as the run's own evals.
-  Appends it to metrics.jsonl (with "mode": "eval") and writes
-  `<workdir>/eval_step_<step>.json`; returns the record."""
+  Writes `<workdir>/eval_step_<step>.json` (metrics.jsonl stays the training run's history, so
+  this can run beside it); returns the record."""
   mesh = parallel.make_mesh() if mesh is None else mesh
   test_split = data.load_arrays(spec.data.name, "test", spec.data.data_dir)
+  actions.check_values_fit(spec, "test", test_split[0])
   model, state, step = restore_state(spec, workdir, step, mesh)
   result = actions.evaluate_params(model, state.ema_params, spec.eval, test_split, mesh,
                                    actions.eval_key(spec.training.seed))
-  writer = logging_utils.MetricsWriter(workdir, enabled=jax.process_index() == 0,
-                                       tensorboard=False)
-  record = writer.write(step, {"mode": "eval", **result})
-  writer.close()
+  record = {"step": step, "time": round(time.time(), 3), "mode": "eval", **result}
   if jax.process_index() == 0:
     (Path(workdir) / f"eval_step_{step}.json").write_text(json.dumps(record, indent=2) + "\n")
   return record
