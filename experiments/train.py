@@ -13,7 +13,9 @@ SIGTERM saves a checkpoint and exits 0. --start_over and --allow_config_change a
 ways past a workdir whose checkpoints do not restore or were written with other settings.
 --mode=eval prints the test-set bpd (with its standard error) of a checkpoint's EMA parameters
 and writes it to <workdir>/eval_step_<step>.json (metrics.jsonl is the training run's history).
---mode=sample writes <workdir>/samples_step_<step>.png (a grid) and .npz (uint8 images).
+--mode=sample draws --num_samples images over every device of every process, in chunks, into
+shard files <workdir>/samples_step_<step>/chunk_<c>-process_<p>.npz (uint8 images, labels,
+sample ids; a rerun completes what is missing) and a grid <workdir>/samples_step_<step>.png.
 For eval and sample, --config defaults to the copy the training run left in <workdir>/config.json.
 Multi-host: pass --multihost on every host (see vdm_jax/parallel.py).
 """
@@ -36,7 +38,14 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to do.")
 flags.DEFINE_integer("checkpoint_step", None, "eval/sample: this step instead of the latest.")
 flags.DEFINE_integer("num_samples", None, "sample: how many (default config.sampling.num_samples).")
 flags.DEFINE_integer("sample_seed", None, "sample: PRNG seed (default derived from the config).")
-flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (several hosts).")
+flags.DEFINE_bool("multihost", False, "Several processes, found by JAX's auto-detection (TPU "
+                  "pods, SLURM, Open MPI).")
+flags.DEFINE_string("coordinator_address", None, "Several processes: host:port of process 0 "
+                    "(the same on every process).")
+flags.DEFINE_integer("num_processes", None, "Several processes: how many.")
+flags.DEFINE_integer("process_id", None, "Several processes: this one's id, 0..num_processes-1.")
+flags.DEFINE_integer("distributed_timeout_s", 300, "Several processes: seconds to wait for all "
+                     "of them to join.")
 flags.DEFINE_bool("start_over", False, "train: move the workdir's step folders to "
                   "checkpoints.incomplete/ and train from step 0.")
 flags.DEFINE_bool("allow_config_change", False, "train: resume even though the checkpoint was "
@@ -57,7 +66,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   from vdm_jax import parallel
-  parallel.initialize_distributed(FLAGS.multihost)
+  parallel.initialize_distributed(
+      FLAGS.multihost, coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+      timeout_s=FLAGS.distributed_timeout_s)
   from vdm_jax import config as config_lib
   from vdm_jax import training
 
@@ -87,8 +99,9 @@ def main(argv):
   else:
     out = training.sample_checkpoint(spec, FLAGS.workdir, FLAGS.checkpoint_step,
                                      FLAGS.num_samples, seed=FLAGS.sample_seed)
-    print(f"step {out['step']}: wrote {len(out['images'])} samples to {out['png']} and "
-          f"{out['npz']}")
+    print(f"step {out['step']}: {out['num_samples']} samples in {out['dir']} ({out['written']} "
+          f"chunks written, {out['skipped']} already there, {out['images_per_s']:.1f} "
+          f"images/s), grid {out['png']}")
 
 
 if __name__ == "__main__":

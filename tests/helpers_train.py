@@ -20,3 +20,13 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     group, name = key.split(".", 1)
     c[group][name] = value
   return c
+
+
+def write_config_file(path, **overrides):
+  """Writes a config file for `python -m experiments.train` whose get_config() is
+  `tiny_config(**overrides)`; returns the path."""
+  tests = __import__("pathlib").Path(__file__).resolve().parent
+  path.write_text(
+      f"import sys\nsys.path.insert(0, {str(tests)!r})\nfrom helpers_train import tiny_config\n"
+      f"\n\ndef get_config():\n  return tiny_config(**{overrides!r})\n")
+  return path

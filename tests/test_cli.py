@@ -79,9 +79,10 @@ def test_cli_train_eval_sample(tmp_path):
   np.testing.assert_allclose(result["eval/bpd"], eval_records[0]["eval/bpd"], rtol=1e-5)
   # sample: an older checkpoint, chosen with --checkpoint_step.
   sm = run_cli(f"--workdir={workdir}", "--mode=sample", "--num_samples=5", "--checkpoint_step=20")
-  assert "step 20: wrote 5 samples" in sm.stdout
-  npz = np.load(workdir / "samples_step_20.npz")
-  assert npz["images"].shape == (5, 28, 28, 1) and npz["images"].dtype == np.uint8
+  assert "step 20: 5 samples in" in sm.stdout
+  shards = sorted((workdir / "samples_step_20").glob("chunk_*-process_0.npz"))
+  images = np.concatenate([np.load(p)["images"] for p in shards])
+  assert images.shape == (5, 28, 28, 1) and images.dtype == np.uint8
   assert (workdir / "samples_step_20.png").exists()
 
 
@@ -93,4 +94,21 @@ def test_cli_bad_config_message(tmp_path):
       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert "config.model: gamma_min (6.0) must be < gamma_max (5.0)" in proc.stderr
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2"],
+     "--process_id=2 must lie in [0, --num_processes=2)"),
+    (["--coordinator_address=127.0.0.1:1", "--num_processes=2"], "--process_id missing"),
+    (["--coordinator_address=localhost", "--num_processes=2", "--process_id=0"],
+     "--coordinator_address must be host:port"),
+])
+def test_cli_bad_distributed_flags(tmp_path, flags, message):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.train", "--config=experiments/configs/quickstart.py",
+       f"--workdir={tmp_path / 'w'}", *flags],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
   assert not (tmp_path / "w").exists()

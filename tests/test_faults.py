@@ -1,7 +1,7 @@
 """Faults injected into real runs: a second run, kill -9, SIGTERM, changed settings, bad data.
 
-The runs are `python -m experiments.train` processes on a tiny config (120 steps, a checkpoint
-every 10, one CPU device), restarted with the same command. "Bit-identical" compares every leaf
+The runs are `python -m experiments.train` processes on a tiny config (60 steps, a checkpoint
+every 5, one CPU device), restarted with the same command. "Bit-identical" compares every leaf
 of the final train state exactly.
 """
 import dataclasses
@@ -18,29 +18,13 @@ import jax
 import numpy as np
 import pytest
 
+from helpers_train import write_config_file
 from vdm_jax import checkpoint, config as config_lib, data, logging_utils, parallel, training
 from vdm_jax.training import workdir as workdir_lib
 
 REPO = Path(__file__).resolve().parents[1]
-NUM_STEPS, CKPT_EVERY, LOG_EVERY = 120, 10, 10
+NUM_STEPS, CKPT_EVERY, LOG_EVERY = 60, 5, 5
 
-CONFIG = f'''
-from experiments.configs import quickstart
-
-
-def get_config():
-  c = quickstart.get_config()
-  c.model.unet = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
-                      with_fourier_features=False)
-  c.model.gamma_min = -10.0
-  c.training.update(batch_size=8, num_steps={NUM_STEPS}, steps_per_call=1,
-                    log_every={LOG_EVERY}, eval_every=0, checkpoint_every={CKPT_EVERY},
-                    sample_every=0, keep_checkpoints=3)
-  c.optimizer.update(warmup_steps=2, decay="none", ema_rate=0.9)
-  c.eval.update(batch_size=2000, max_batches=1)
-  c.sampling.update(T=2, num_samples=2)
-  return c
-'''
 
 
 @pytest.fixture(autouse=True)
@@ -50,9 +34,10 @@ def _no_env_data_dir(monkeypatch):
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):
-  path = tmp_path_factory.mktemp("faults") / "tiny.py"
-  path.write_text(CONFIG)
-  return path
+  return write_config_file(
+      tmp_path_factory.mktemp("faults") / "tiny.py",
+      **{"training.num_steps": NUM_STEPS, "training.log_every": LOG_EVERY,
+         "training.checkpoint_every": CKPT_EVERY, "sampling.T": 2, "sampling.num_samples": 2})
 
 
 def resolve(config_file, **overrides):
@@ -141,7 +126,7 @@ def reference(config_file, tmp_path_factory):
   return spec, workdir, refused_after
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_second_run_is_refused_and_the_first_finishes_unharmed(reference):
   spec, workdir, refused_after = reference
   assert refused_after < 10.0
@@ -149,7 +134,7 @@ def test_second_run_is_refused_and_the_first_finishes_unharmed(reference):
   assert final_state(spec, workdir) is not None
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_sigterm_then_kill_9_then_restart_is_bit_identical_with_one_history(
     config_file, reference, tmp_path):
   spec, ref_dir, _ = reference
@@ -176,7 +161,7 @@ def test_sigterm_then_kill_9_then_restart_is_bit_identical_with_one_history(
   assert_one_history(tmp_path)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_changed_settings_on_resume_fail_before_compute(config_file, reference, tmp_path):
   spec, ref_dir, _ = reference
   workdir = tmp_path / "w"

@@ -51,11 +51,16 @@ def _run(mesh, model, config, batches, steps_per_call, unroll=None):
   state = training.create_state(model, optimizer, 0, parallel.make_mesh())
   state = jax.device_put(state, parallel.replicated(mesh))
   step = training.compiled_train_step(model, optimizer, mesh, ema_rate=0.9, unroll=unroll)
-  losses = []
+  losses, lrs = [], []
   for i in range(0, len(batches["image"]), steps_per_call):
     chunk = {k: v[i:i + steps_per_call] for k, v in batches.items()}
     state, metrics = step(state, parallel.shard_batch(chunk, mesh, batch_dim=1))
+    assert np.all(np.asarray(metrics["train/finite"]))
     losses.extend(np.asarray(metrics["train/loss"]).tolist())
+    lrs.extend(np.asarray(metrics["train/lr"]).tolist())
+  # The logged rate is the one each update used, read from the optimizer state.
+  schedule = training.learning_rate_schedule(config.optimizer, 10)
+  np.testing.assert_allclose(lrs, [float(schedule(i)) for i in range(len(lrs))], rtol=1e-6)
   return jax.device_get(state), np.asarray(losses)
 
 

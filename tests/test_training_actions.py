@@ -11,7 +11,7 @@ from vdm_jax.training import actions
 
 @pytest.fixture(scope="module")
 def setup():
-  spec = config_lib.resolve(tiny_config(**{"model.num_classes": 10}))
+  spec = config_lib.resolve(tiny_config(**{"model.num_classes": 10, "eval.batch_size": 512}))
   model = spec.model.build()
   state = training.create_state(model, training.make_optimizer(spec.optimizer, 2), 0,
                                 parallel.make_mesh())
@@ -24,10 +24,10 @@ def test_evaluate_params_is_evaluate_on_the_test_split(setup):
   test_split = data.load_arrays("fashion_mnist", "test")
   key = actions.eval_key(spec.training.seed)
   out = training.evaluate_params(model, params, spec.eval, test_split, mesh, key)
-  assert out["eval/num_images"] == 2000     # max_batches=1 of batch 2000
+  assert out["eval/num_images"] == 512      # max_batches=1 of batch 512
   # The split's first batch through the library evaluator gives the same numbers.
   first = evaluation.evaluate(model, {"params": params},
-                              [next(data.get_dataset("fashion_mnist", "test", 2000))], key,
+                              [next(data.get_dataset("fashion_mnist", "test", 512))], key,
                               put_batch=lambda b: parallel.shard_batch(b, mesh))
   np.testing.assert_allclose(out["eval/bpd"], first["bpd"], rtol=1e-6)
   np.testing.assert_allclose(out["eval/bpd_se"], first["bpd_se"], rtol=1e-6)

@@ -7,13 +7,14 @@ import pytest
 
 from helpers_train import tiny_config
 from vdm_jax import checkpoint, config as config_lib, data, parallel, training
-from vdm_jax.training import actions
+from vdm_jax.training import actions, sample_shards
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   """A workdir with one checkpoint (step 0) of a fresh tiny model."""
-  spec = config_lib.resolve(tiny_config())
+  spec = config_lib.resolve(tiny_config(**{"sampling.per_device_batch": 1,
+                                           "eval.batch_size": 512}))
   path = tmp_path_factory.mktemp("modes")
   state = training.create_state(spec.model.build(), training.make_optimizer(spec.optimizer, 2),
                                 0, parallel.make_mesh())
@@ -36,15 +37,22 @@ def test_evaluate_checkpoint_equals_evaluating_its_ema_params(workdir):
   assert saved["eval/bpd"] == record["eval/bpd"]
 
 
-def test_sample_checkpoint_writes_png_and_npz(workdir):
+def test_sample_checkpoint_writes_shards_and_a_grid(workdir):
   spec, path, state = workdir
   out = training.sample_checkpoint(spec, path, num_samples=3, seed=5)
-  npz = np.load(out["npz"])
-  assert npz["images"].shape == (3, 28, 28, 1) and npz["images"].dtype == np.uint8
-  expected = training.sample_params(spec.model.build(), state.ema_params, spec.sampling,
-                                    jax.random.PRNGKey(5), 3)
-  np.testing.assert_array_equal(npz["images"], expected)
+  assert (out["num_samples"], out["written"], out["skipped"]) == (3, 1, 0)
+  merged = sample_shards.read_shards(out["dir"])
+  np.testing.assert_array_equal(merged["index"], [0, 1, 2])
+  assert merged["images"].shape == (3, 28, 28, 1) and merged["images"].dtype == np.uint8
+  # The first chunk is the sample of its key, drawn whole.
+  chunk_size = spec.sampling.per_device_batch * jax.device_count()
+  expected = training.sample_params(spec.model.build(), state.ema_params,
+                                    spec.sampling, jax.random.fold_in(jax.random.PRNGKey(5), 0),
+                                    chunk_size)
+  np.testing.assert_array_equal(merged["images"], expected[:3])
   assert (path / "samples_step_0.png").exists()
+  again = training.sample_checkpoint(spec, path, num_samples=3, seed=5)
+  assert (again["written"], again["skipped"]) == (0, 1)
 
 
 def test_no_checkpoint_says_what_to_do(tmp_path):

@@ -117,12 +117,15 @@ class EvalSpec:
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSpec:
-  """Sample grids: `sampling.sample_model` settings (eta None: the sampler's default)."""
+  """Sampling: `sampling.sample_model` settings (eta None: the sampler's default);
+  num_samples for the training run's grids and --mode=sample, which draws them in chunks of
+  per_device_batch images per device."""
   sampler: str
   T: int
   num_samples: int
   eta: float | None
   guidance_weight: float
+  per_device_batch: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,7 +306,8 @@ def _sampling_spec(config, model_spec: ModelSpec) -> SamplingSpec:
       T=_int(w + "T", g["T"], 1),
       num_samples=_int(w + "num_samples", g["num_samples"], 1),
       eta=_float(w + "eta", g["eta"], 0.0, 1.0, allow_none=True),
-      guidance_weight=_float(w + "guidance_weight", g["guidance_weight"], 0.0))
+      guidance_weight=_float(w + "guidance_weight", g["guidance_weight"], 0.0),
+      per_device_batch=_int(w + "per_device_batch", g["per_device_batch"], 1))
   try:
     sampling.resolve_eta(spec.sampler, spec.eta)
   except ValueError as e:

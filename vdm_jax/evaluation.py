@@ -118,6 +118,18 @@ def _eval_batch(variables, images, labels, key, *, model, num_time_samples, diff
   return out
 
 
+def _gather(out: Mapping[str, Array], mask: np.ndarray) -> tuple[dict, np.ndarray]:
+  """Per-example results and the real-row mask of one batch, for the whole global batch on
+  every process: with several processes, each holds only its rows (of a batch sharded over
+  every device, or computed on its own devices), so both are gathered in process order, the
+  order `vdm_jax.data.eval_batches` gives the rows."""
+  if jax.process_count() == 1:
+    return jax.device_get(out), mask
+  from jax.experimental import multihost_utils
+  return (multihost_utils.process_allgather(dict(out), tiled=True),
+          np.asarray(multihost_utils.process_allgather(mask, tiled=True), bool))
+
+
 def evaluate(model, variables: Any, batches: Iterable[Mapping[str, Any]], key: Array, *,
              T: int | None = None, num_time_samples: int = 1, diffusion_t_bins: int = 0,
              put_batch: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
@@ -145,7 +157,9 @@ def evaluate(model, variables: Any, batches: Iterable[Mapping[str, Any]], key: A
 
   The per-batch function is compiled once per (model, batch shape, K, n) and cached across
   calls; per-image results are fetched one batch behind the dispatch (device and host overlap)
-  and accumulated on the host in float64, padding rows dropped.
+  and accumulated on the host in float64, padding rows dropped. With several processes (each
+  passing its own rows of every batch), the results are gathered across them, so every process
+  returns the same numbers: each image of the split counted once.
   """
   num_time_samples = _check_int("num_time_samples", num_time_samples, 1)
   diffusion_t_bins = _check_int("diffusion_t_bins", diffusion_t_bins, 0)
@@ -157,8 +171,7 @@ def evaluate(model, variables: Any, batches: Iterable[Mapping[str, Any]], key: A
   num_dims = None
 
   def collect(pending):
-    out, mask = pending
-    out = jax.device_get(out)
+    out, mask = _gather(*pending)
     for name in sums:
       sums[name].append(np.asarray(out[name], np.float64).reshape(-1)[mask])
     if diffusion_t_bins:

@@ -36,25 +36,62 @@ logger = logging.getLogger(__name__)
 DATA_AXIS = "data"
 
 
-def initialize_distributed(force: bool = False) -> bool:
-  """Runs `jax.distributed.initialize()` for multi-host runs (see the module docstring).
+def _check_flags(coordinator_address, num_processes, process_id) -> None:
+  given = {"--coordinator_address": coordinator_address, "--num_processes": num_processes,
+           "--process_id": process_id}
+  missing = [k for k, v in given.items() if v is None]
+  if missing:
+    raise ValueError(
+        f"{', '.join(missing)} missing: --coordinator_address, --num_processes and --process_id "
+        "go together (the same address and count on every process, ids 0..n-1); or pass none "
+        "of them and --multihost for the auto-detection of TPU pods, SLURM and Open MPI.")
+  host, _, port = str(coordinator_address).rpartition(":")
+  if not host or not port.isdigit():
+    raise ValueError(f"--coordinator_address must be host:port (e.g. 10.0.0.1:1234), got "
+                     f"{coordinator_address!r}.")
+  if num_processes < 1:
+    raise ValueError(f"--num_processes must be >= 1, got {num_processes}.")
+  if not 0 <= process_id < num_processes:
+    raise ValueError(f"--process_id={process_id} must lie in [0, --num_processes="
+                     f"{num_processes}): ids run from 0 to {num_processes - 1}.")
+
+
+def initialize_distributed(multihost: bool = False, *, coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None,
+                           timeout_s: int = 300) -> bool:
+  """Runs `jax.distributed.initialize` for multi-process runs (see the module docstring).
+
+  Explicit flags (all three) win; else the environment (JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES, JAX_PROCESS_ID); else, with `multihost` or VDM_MULTIHOST=1, JAX's own
+  detection (TPU pods, SLURM, Open MPI). CPU devices talk across processes through gloo.
 
   Returns True when it initialised, False for a single-process run. Call it first: before any
-  other JAX call (device queries included).
+  other JAX call (device queries included). Raises ValueError for inconsistent flags and
+  RuntimeError when the coordinator does not answer within `timeout_s` seconds.
   """
   env = os.environ
-  wanted = force or env.get("VDM_MULTIHOST", "").lower() in ("1", "true", "yes") or bool(
-      env.get("JAX_COORDINATOR_ADDRESS"))
-  if not wanted:
+  if coordinator_address is None and env.get("JAX_COORDINATOR_ADDRESS"):
+    coordinator_address = env["JAX_COORDINATOR_ADDRESS"]
+    num_processes = int(env["JAX_NUM_PROCESSES"]) if env.get("JAX_NUM_PROCESSES") else None
+    process_id = int(env["JAX_PROCESS_ID"]) if env.get("JAX_PROCESS_ID") else None
+  explicit = (coordinator_address, num_processes, process_id) != (None, None, None)
+  if explicit:
+    _check_flags(coordinator_address, num_processes, process_id)
+  elif not (multihost or env.get("VDM_MULTIHOST", "").lower() in ("1", "true", "yes")):
     return False
-  kwargs = {}
-  if env.get("JAX_COORDINATOR_ADDRESS"):
-    kwargs["coordinator_address"] = env["JAX_COORDINATOR_ADDRESS"]
-  if env.get("JAX_NUM_PROCESSES"):
-    kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
-  if env.get("JAX_PROCESS_ID"):
-    kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
-  jax.distributed.initialize(**kwargs)
+  # Cross-process collectives of the CPU backend (harmless for GPU / TPU runs).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id,
+                               initialization_timeout=int(timeout_s))
+  except Exception as e:
+    where = (f"the coordinator at --coordinator_address={coordinator_address}" if explicit
+             else "the coordinator found by auto-detection")
+    raise RuntimeError(
+        f"Could not join {where} within {timeout_s}s: start every process (process 0 runs the "
+        "coordinator), check the host and port are reachable from this host, or raise "
+        f"--distributed_timeout_s. ({type(e).__name__}: {str(e)[:300]})") from e
   logger.info("jax.distributed initialised: process %d of %d, %d local / %d global devices",
               jax.process_index(), jax.process_count(), jax.local_device_count(),
               jax.device_count())

@@ -78,5 +78,6 @@ def get_config() -> ml_collections.ConfigDict:
       num_samples=64,               # images in each sample grid
       eta=placeholder(float),       # None: the sampler's own (ancestral 1, ddim 0)
       guidance_weight=0.0,          # classifier-free guidance (class-conditional models)
+      per_device_batch=64,          # --mode=sample: images per device per chunk (bounds memory)
   )
   return c

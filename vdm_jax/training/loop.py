@@ -227,9 +227,14 @@ def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, m
     last_record = _log_train(spec, writer, step, values, throughput.rate(step),
                              len(train_split[0]))
 
+  # Steps on disk, listed once: listing again while a save is in flight would reload orbax's
+  # bookkeeping and keep more than keep_checkpoints steps.
+  saved = set(ckpt.all_steps())
+
   def save(step, _=None):
-    if step not in ckpt.all_steps():
+    if step not in saved:
       ckpt.save(step, state, ckpt_meta)
+      saved.add(step)
 
   def evaluate(step, _=None):
     nonlocal last_record

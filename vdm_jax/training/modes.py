@@ -7,12 +7,11 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from vdm_jax import checkpoint as checkpoint_lib
-from vdm_jax import data, logging_utils, parallel
+from vdm_jax import data, parallel
 from vdm_jax.config import RunSpec
-from vdm_jax.training import actions
+from vdm_jax.training import actions, sample_shards
 from vdm_jax.training import optimizer as optimizer_lib
 from vdm_jax.training import state as state_lib
 
@@ -62,20 +61,21 @@ def evaluate_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None = N
 def sample_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None = None,
                       num_samples: int | None = None, *, seed: int | None = None,
                       mesh: jax.sharding.Mesh | None = None) -> dict:
-  """Samples a checkpoint's EMA parameters; writes `<workdir>/samples_step_<step>.png` (a grid)
-  and `.npz` (images uint8 [N, H, W, C], and labels for a class-conditional model). `seed`
-  None uses the run's own sample key. Returns the paths, the images and the step."""
+  """Samples a checkpoint's EMA parameters over every device of every process, in chunks of
+  spec.sampling.per_device_batch images per device (`sample_shards.write_shards`): shard files
+  in `<workdir>/samples_step_<step>/` (a rerun completes what is missing) and a grid of the
+  first samples in `<workdir>/samples_step_<step>.png`. num_samples None: spec.sampling's.
+  seed None uses the run's own sample key. Returns the paths, the step and the counts."""
+  mesh = parallel.make_mesh() if mesh is None else mesh
   model, state, step = restore_state(spec, workdir, step, mesh)
   key = actions.sample_key(spec.training.seed) if seed is None else jax.random.PRNGKey(seed)
-  images = actions.sample_params(model, state.ema_params, spec.sampling, key, num_samples)
+  n = spec.sampling.num_samples if num_samples is None else int(num_samples)
+  out_dir = Path(workdir) / f"samples_step_{step}"
   png = Path(workdir) / f"samples_step_{step}.png"
-  npz = Path(workdir) / f"samples_step_{step}.npz"
-  if jax.process_index() == 0:
-    logging_utils.save_image_grid(images, png, vocab_size=model.vocab_size)
-    arrays = {"images": images.astype(np.uint8 if model.vocab_size <= 256 else np.int32)}
-    labels = actions.sample_labels(model, len(images))
-    if labels is not None:
-      arrays["labels"] = np.asarray(labels)
-    np.savez_compressed(npz, **arrays)
-  logger.info("Wrote %d samples of step %d to %s and %s", len(images), step, png, npz)
-  return {"png": str(png), "npz": str(npz), "images": images, "step": step}
+  stats = sample_shards.write_shards(model, {"params": state.ema_params}, spec.sampling, key,
+                                     mesh, out_dir, n,
+                                     per_device_batch=spec.sampling.per_device_batch,
+                                     grid_path=png)
+  logger.info("%d samples of step %d in %s (%d chunks written, %d already there), grid %s",
+              n, step, out_dir, stats["written"], stats["skipped"], png)
+  return {"png": str(png), "dir": str(out_dir), "step": step, **stats}
