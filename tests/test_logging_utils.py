@@ -1,5 +1,7 @@
 """Metrics files, image grids and durations."""
+import io
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -56,3 +58,21 @@ def test_truncate_metrics_keeps_one_history(tmp_path):
   assert logging_utils.truncate_metrics(tmp_path, 4) == 0
   assert logging_utils.truncate_metrics(tmp_path, None) == 4
   assert logging_utils.read_metrics(tmp_path) == []
+
+
+def test_progress_draws_a_bar_only_when_enabled(monkeypatch):
+  out = io.StringIO()
+  with logging_utils.Progress(10, "train", "step", initial=4, enabled=True, file=out) as bar:
+    bar.update(2, bpd=3.91234)
+    bar.update(4)
+  text = out.getvalue()
+  assert "train" in text and "10/10" in text and "bpd=3.912" in text
+  quiet = io.StringIO()
+  items = list(logging_utils.progress_iter(range(3), 3, "eval", enabled=False, file=quiet))
+  assert items == [0, 1, 2] and quiet.getvalue() == ""
+  # Under pytest stderr is not a terminal: no bar by default; VDM_PROGRESS=0 always turns it off.
+  assert not logging_utils.interactive()
+  monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+  assert logging_utils.interactive()
+  monkeypatch.setenv("VDM_PROGRESS", "0")
+  assert not logging_utils.interactive()

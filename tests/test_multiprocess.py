@@ -8,12 +8,18 @@ so the results agree to float32 rounding (all-reduces sum in another order): tra
 eval bpd within rtol 1e-5, parameters within rtol 1e-5 / atol 5e-6 (Adam divides by the
 gradients' scale, so a near-zero gradient can move by more than its own rounding), image
 counts, sample ids and sampled images exactly.
+
+Killed and restarted: both processes of a 2 x 2 run get SIGKILL after a checkpoint, and the same
+two commands, started again, finish with parameters, optimizer state and EMA bit-identical to
+the uninterrupted 2 x 2 run, and one metrics history.
 """
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -21,11 +27,11 @@ import numpy as np
 import pytest
 
 from helpers_train import write_config_file
-from vdm_jax import config as config_lib, logging_utils, parallel, training
+from vdm_jax import checkpoint, config as config_lib, logging_utils, parallel, training
 from vdm_jax.training import sample_shards
 
 REPO = Path(__file__).resolve().parents[1]
-NUM_STEPS = 6
+NUM_STEPS, CKPT_EVERY = 24, 4
 
 
 
@@ -63,7 +69,8 @@ def finish(procs, timeout=600):
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("multiprocess")
   config = write_config_file(
-      root / "tiny.py", **{"training.num_steps": NUM_STEPS, "training.checkpoint_every": 3,
+      root / "tiny.py", **{"training.num_steps": NUM_STEPS,
+                           "training.checkpoint_every": CKPT_EVERY, "training.log_every": 1,
                            "eval.max_batches": 2, "sampling.T": 2, "sampling.num_samples": 10,
                            "sampling.per_device_batch": 2})
   one, two = root / "one", root / "two"
@@ -75,6 +82,21 @@ def runs(tmp_path_factory):
   training.sample_checkpoint(spec, one, mesh=mesh)
   outs = finish(procs)
   return config, one, two, outs
+
+
+def wait_for_checkpoint(procs, workdir, step, timeout=300):
+  """Blocks until checkpoint `step` (or a later one) is complete; every process must still run."""
+  deadline = time.time() + timeout
+  directory = Path(workdir) / "checkpoints"
+  while time.time() < deadline:
+    for p in procs:
+      assert p.poll() is None, f"a process ended early:\n{p.stderr.read()[-3000:]}"
+    done = [int(p.name) for p in directory.glob("*") if p.name.isdigit()
+            and checkpoint.is_complete(p)] if directory.exists() else []
+    if done and max(done) >= step:
+      return max(done)
+    time.sleep(0.05)
+  raise AssertionError(f"no checkpoint {step} within {timeout}s")
 
 
 def _spec(config):
@@ -118,3 +140,27 @@ def test_two_processes_sample_the_same_images_in_shards(runs):
   written = sorted(p.name for p in (two / f"samples_step_{NUM_STEPS}").glob("*.npz"))
   assert len(written) == 4 and sum("process_1" in n for n in written) == 2
   assert (two / f"samples_step_{NUM_STEPS}.png").exists()
+
+
+@pytest.mark.heavy
+def test_both_processes_killed_then_restarted_resume_exactly(runs, tmp_path):
+  config, _, two, _ = runs
+  procs = launch(config, tmp_path, 2, 2)
+  killed_at = wait_for_checkpoint(procs, tmp_path, 2 * CKPT_EVERY)
+  for p in procs:
+    p.send_signal(signal.SIGKILL)
+  for p in procs:
+    p.communicate()
+  assert killed_at < NUM_STEPS
+  finish(launch(config, tmp_path, 2, 2))                     # the same two commands again
+  spec = _spec(config)
+  _, resumed, _ = training.restore_state(spec, tmp_path)
+  _, reference, _ = training.restore_state(spec, two)
+  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(resumed)),
+                  jax.tree_util.tree_leaves(jax.device_get(reference)), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  records = logging_utils.read_metrics(tmp_path)
+  assert [r["step"] for r in records if "train/loss" in r] == list(range(1, NUM_STEPS + 1))
+  assert [r["step"] for r in records if "eval/bpd" in r] == [NUM_STEPS]
+  ref = {r["step"]: r["train/loss"] for r in logging_utils.read_metrics(two) if "train/loss" in r}
+  assert {r["step"]: r["train/loss"] for r in records if "train/loss" in r} == ref

@@ -3,6 +3,8 @@
     writer = MetricsWriter(workdir)              # only process 0 writes
     writer.write(step, {"train/bpd": 3.9, "steps_per_s": 12.0})
     save_image_grid(images, "samples/step_100.png")
+    with Progress(total=1000, desc="train", unit="step") as bar:
+      bar.update(10, bpd=3.9)                  # a tqdm bar on an interactive terminal only
 
 `metrics.jsonl` gets one JSON object per call: {"step": ..., "time": <unix seconds>, **scalars}.
 TensorBoard event files (tensorboardX) go to the workdir itself.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -165,3 +168,62 @@ def format_duration(seconds: float) -> str:
   m, s = divmod(int(round(seconds)), 60)
   h, m = divmod(m, 60)
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def interactive() -> bool:
+  """Whether progress bars are drawn: on process 0 when stderr is a terminal or the code runs in
+  a notebook kernel, unless VDM_PROGRESS=0. Elsewhere (logs to a file, batch jobs, other
+  processes) the log lines say the same once per logging period, without carriage returns
+  filling the log."""
+  if os.environ.get("VDM_PROGRESS", "1") == "0":
+    return False
+  import jax
+  return jax.process_index() == 0 and (sys.stderr.isatty() or "ipykernel" in sys.modules)
+
+
+class Progress:
+  """A tqdm bar over `total` units when `enabled` (default `interactive()`), else nothing.
+
+  Args:
+    total: units in all (steps, batches, chunks); None when unknown.
+    desc: the bar's label.
+    unit: what one unit is, e.g. "step".
+    initial: units already done (a resumed run starts its bar there).
+    enabled: None for `interactive()`.
+    file: where the bar goes (default stderr).
+  """
+
+  def __init__(self, total: int | None, desc: str, unit: str = "it", *, initial: int = 0,
+               enabled: bool | None = None, file=None):
+    self._bar = None
+    if interactive() if enabled is None else enabled:
+      from tqdm import tqdm
+      self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=file,
+                       dynamic_ncols=True, smoothing=0.1)
+
+  def update(self, n: int = 1, **postfix: float) -> None:
+    """Advances by n units; postfix values (e.g. bpd=3.9) are shown after the bar."""
+    if self._bar is None:
+      return
+    if postfix:
+      self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+    self._bar.update(n)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+
+  def __enter__(self) -> "Progress":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def progress_iter(iterable, total: int | None, desc: str, unit: str = "it", **kwargs):
+  """Yields from `iterable`, advancing a `Progress` bar by one per item."""
+  with Progress(total, desc, unit, **kwargs) as bar:
+    for item in iterable:
+      yield item
+      bar.update()

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import data, evaluation, parallel, sampling
+from vdm_jax import data, evaluation, logging_utils, parallel, sampling
 from vdm_jax import model as model_lib
 from vdm_jax.config import EvalSpec, RunSpec, SamplingSpec
 
@@ -48,8 +48,11 @@ def evaluate_params(model: model_lib.VDM, params, spec: EvalSpec,
   """
   batch = parallel.per_process_batch(spec.batch_size, mesh, "config.eval.batch_size")
   batches = data.eval_batches(*test_split, batch)
+  num_batches = -(-len(test_split[0]) // spec.batch_size)
   if spec.max_batches is not None:   # a quick look at the first batches of the split
     batches = itertools.islice(batches, spec.max_batches)
+    num_batches = min(num_batches, spec.max_batches)
+  batches = logging_utils.progress_iter(batches, num_batches, "eval", "batch")
   start = time.perf_counter()
   result = evaluation.evaluate(model, {"params": params}, batches, key, T=spec.T,
                                num_time_samples=spec.num_time_samples,

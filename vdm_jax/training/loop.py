@@ -226,6 +226,7 @@ def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, m
     nonlocal last_record
     last_record = _log_train(spec, writer, step, values, throughput.rate(step),
                              len(train_split[0]))
+    bar.update(0, bpd=last_record["train/bpd"])
 
   # Steps on disk, listed once: listing again while a save is in flight would reload orbax's
   # bookkeeping and keep more than keep_checkpoints steps.
@@ -248,7 +249,8 @@ def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, m
   periodic = [(Every(loop.log_every), log), (Every(loop.checkpoint_every), save),
               (Every(loop.eval_every), evaluate), (Every(loop.sample_every), sample)]
   pending, throughput, start_step = _Pending(), _Throughput(step), step
-  with _Preemption() as preempted:
+  with _Preemption() as preempted, logging_utils.Progress(num_steps, "train", "step",
+                                                         initial=step) as bar:
     while step < num_steps:
       next_due = min(every.next_due(step, num_steps) for every, _ in periodic)
       n = min(loop.steps_per_call, next_due - step)
@@ -256,6 +258,7 @@ def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, m
       pending.add(step, metrics)
       step += n
       throughput.after_call(state, step)
+      bar.update(n)
       due = [action for every, action in periodic if every.due(step, num_steps)]
       stop = preempted()
       if due or stop:

@@ -129,8 +129,10 @@ def write_shards(model: model_lib.VDM, variables, spec: SamplingSpec, key: jax.A
   if done:
     logger.info("%d of %d chunks already in %s: skipped.", len(done), total, out_dir)
   start, written = time.perf_counter(), 0
-  for chunk in generate(model, variables, spec, key, mesh, num_samples,
-                        per_device_batch=per_device_batch, skip=done):
+  chunks = generate(model, variables, spec, key, mesh, num_samples,
+                    per_device_batch=per_device_batch, skip=done)
+  for chunk in logging_utils.progress_iter(chunks, total, "samples", "chunk",
+                                           initial=len(done)):
     arrays = {"index": chunk.index, "images": chunk.images.astype(
         np.uint8 if model.vocab_size <= 256 else np.int32)}
     if chunk.labels is not None:
