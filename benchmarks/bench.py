@@ -25,6 +25,12 @@ What is measured (one device, the first of `jax.devices()`):
   eval    `evaluation.evaluate` (negative ELBO per image, one time sample) over `--eval_batches`
           batches of `--eval_batch_size` random images after a compiling call.
 
+Every train and sample result also has `model_gflops_per_image` (the network's matrix-product
+FLOPs per image, counted from its configuration: `flops.network_flops_per_image`; "train" = 3x
+"forward"), `model_tflops_per_s` (train: per trained image; sample: per network evaluation) and
+`mfu` against the device's dense peak for the compute dtype (`flops.PEAK_TFLOPS`; null where the
+device is not tabulated, e.g. CPUs).
+
 `peak_rss_mib` is the process's peak resident memory (ru_maxrss), so run one config and one `what`
 per process. Nothing here sets XLA_FLAGS: whatever the environment sets is reported.
 Random data (uint8 images) and freshly initialised parameters: the speed does not depend on them.
@@ -50,6 +56,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
+if str(REPO / "benchmarks") not in sys.path:
+  sys.path.insert(0, str(REPO / "benchmarks"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -58,6 +66,7 @@ import numpy as np  # noqa: E402
 from experiments.configs import base, quickstart  # noqa: E402
 from vdm_jax import config as config_lib  # noqa: E402
 from vdm_jax import evaluation, parallel, sampling, training  # noqa: E402
+import flops  # noqa: E402  (benchmarks/flops.py)
 from vdm_jax import model as model_lib  # noqa: E402
 
 
@@ -273,6 +282,18 @@ def init_params(model, spec, args, mesh):
   return params, {}
 
 
+def model_flops(model, spec, images_per_s: float, kind: str) -> dict:
+  """The network's analytic FLOPs per image (`flops.network_flops_per_image`: "train" = forward
+  + backward, "forward" for one network evaluation), the model TFLOP/s they make at
+  `images_per_s` (for sampling: network evaluations per second), and the MFU against the
+  device's dense peak for the compute dtype (null for devices without a tabulated peak)."""
+  per_image = flops.network_flops_per_image(model)
+  achieved = per_image[kind] * images_per_s
+  util = flops.mfu(achieved, jax.devices()[0].device_kind, spec.model.dtype)
+  return {"model_gflops_per_image": {k: r(v / 1e9, 6) for k, v in per_image.items()},
+          "model_tflops_per_s": r(achieved / 1e12), "mfu": None if util is None else r(util)}
+
+
 # ============================================================================ benchmarks
 
 
@@ -318,6 +339,7 @@ def bench_train(spec, model, args, mesh, timer) -> dict:
       "loss_finite": bool(np.all(np.asarray(metrics["train/finite"]))),
       "train_bpd": r(float(np.asarray(metrics["train/bpd"])[-1])),
   }
+  out.update(model_flops(model, spec, out["images_per_s"], "train"))
   if args.flops:
     try:
       cost = compiled.cost_analysis()
@@ -368,6 +390,8 @@ def bench_sample(spec, model, args, mesh, timer) -> dict:
   first = next(iter(per_sampler.values()))
   out["step_s"] = first["sample_step_s"]
   out["images_per_s"] = r(n / first["chain_s"])
+  # One network evaluation per image per reverse step.
+  out.update(model_flops(model, spec, n * T / first["chain_s"], "forward"))
   if args.png:
     from vdm_jax import logging_utils
     for sampler, images in grids.items():

@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench  # noqa: E402
+import flops  # noqa: E402
 import profile_step  # noqa: E402
 
 from experiments.configs import base  # noqa: E402
@@ -65,6 +66,11 @@ def test_train_benchmark_reports_a_finite_step_and_consistent_throughput(tmp_pat
   assert res["images_per_s"] == pytest.approx(4 / res["step_s"], rel=1e-3)
   assert res["step_s_stats"]["n"] == 2
   assert out.read_text().count("\n") == 1
+  per_image = res["model_gflops_per_image"]
+  assert per_image["train"] == pytest.approx(3 * per_image["forward"], rel=1e-5)
+  assert res["model_tflops_per_s"] == pytest.approx(
+      per_image["train"] * 1e9 * res["images_per_s"] / 1e12, rel=1e-3)
+  assert res["mfu"] is None                       # no tabulated peak for a CPU
 
 
 def test_sample_benchmark_times_each_sampler_per_step(tmp_path):
@@ -146,3 +152,35 @@ def test_counts_below_one_are_refused(flag, capsys):
   with pytest.raises(SystemExit):
     bench.make_parser().parse_args(["--config=small", flag, "0"])
   assert "expected an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def _score_net_flops(H, W, C, n, L, num_freqs):
+  """Matrix-product FLOPs of VDMScoreNet (no block attention) for one image, by hand."""
+  P, c_in = H * W, C * (1 + 2 * num_freqs)
+
+  def resnet(a, b):
+    return 2 * P * 9 * a * b + 2 * 4 * n * b + 2 * P * 9 * b * b + (2 * P * a * b if a != b else 0)
+
+  embed = 2 * n * 4 * n + 2 * 4 * n * 4 * n
+  attention = 4 * 2 * P * n * n + 2 * 2 * P * P * n        # q, k, v, proj; q k^T and weights v
+  return (embed + 2 * P * 9 * c_in * n + L * resnet(n, n) + 2 * resnet(n, n) + attention
+          + (L + 1) * resnet(2 * n, n) + 2 * P * 9 * n * C)
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"scan": False}, {"remat": True}, {"fast_conv_grad": False}])
+def test_model_flops_follow_the_network_by_hand_whatever_scan_remat_and_conv(overrides):
+  spec = bench.build_config(_namespace(set=["model.vdm_unet.n_embd=16", "model.vdm_unet.n_layer=3"]
+                                       + [f"model.vdm_unet.{k}={v}" for k, v in overrides.items()]))
+  counted = flops.network_flops_per_image(spec.model.build())
+  assert counted["forward"] == _score_net_flops(28, 28, 1, 16, 3, 2)
+  assert counted["train"] == 3 * counted["forward"]
+
+
+def test_paper_network_flops_and_mfu():
+  spec = config_lib.resolve(bench.CONFIGS["paper"](), num_devices=1)
+  forward = flops.network_flops_per_image(spec.model.build())["forward"]
+  assert forward == _score_net_flops(32, 32, 3, 128, 32, 2) == 53_369_896_960
+  assert flops.mfu(989.4e12 / 2, "NVIDIA H200", "bfloat16") == pytest.approx(0.5)
+  assert flops.mfu(494.7e12, "NVIDIA H100 80GB HBM3", "float32") == pytest.approx(1.0)
+  assert flops.mfu(1e12, "cpu", "float32") is None
