@@ -1,5 +1,7 @@
 """The reverse chain against the closed-form model: data = three fixed images.
 
+(The probability-flow ODE sampler has its own tests in test_ode.py.)
+
 Data: three 2x2x1 images with 16 levels and probabilities (0.5, 0.3, 0.2); the denoiser is the
 exact posterior mean (`point_masses.optimal_eps_fn`), the schedule FixedLinear(-13.3, 5). Then the
 chain must return exactly those images, at the right frequencies (ancestral), and the extras
@@ -286,6 +288,69 @@ def test_samples_pinned_for_fixed_keys():
   np.testing.assert_array_equal(
       np.asarray(guided).reshape(4, -1),
       [[5, 5, 15, 15], [5, 5, 0, 15], [5, 5, 9, 0], [5, 5, 15, 15]])
+  ddim0 = sampling.sample(smooth_eps, gamma_fn, rkey(14), shape, T=6, vocab_size=V,
+                          sampler="ddim")
+  np.testing.assert_array_equal(
+      np.asarray(ddim0).reshape(4, -1),
+      [[15, 14, 15, 2], [15, 0, 15, 15], [15, 11, 0, 15], [15, 0, 13, 15]])
+  # Both wrappers around a noisy DDIM step.
+  mask = jnp.zeros((1, *SHAPE), bool).at[0, 1].set(True)
+  x, traj = sampling.sample(smooth_eps, gamma_fn, rkey(15), shape, T=6, vocab_size=V,
+                            sampler="ddim", eta=0.3, known=jnp.full(shape, 9, jnp.int32),
+                            known_mask=mask, trajectory_steps=(6, 3))
+  np.testing.assert_array_equal(
+      np.asarray(x).reshape(4, -1),
+      [[13, 15, 9, 9], [10, 0, 9, 9], [0, 0, 9, 9], [15, 0, 9, 9]])
+  np.testing.assert_allclose(traj.z[1, 0].ravel(),
+                             [0.6306066513061523, 3.520242214202881, 0.09479354321956635,
+                              0.15759918093681335], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# The sampler protocol.
+
+
+def test_chain_is_its_reverse_step_in_a_scan():
+  """`run_chain` over `chain_step` is the loop of the sampler's step, keys fold_in(key, i)."""
+  n, T = 8, 5
+  key = rkey(16)
+  step = sampling.ddim_step(0.5)
+  key_steps = jax.random.fold_in(key, 3)
+  z_1 = jax.random.normal(rkey(17), (n, *SHAPE))
+  g1 = gamma_fn(jnp.ones((n,)))
+  z_0, g0, state = sampling.run_chain(smooth_eps, gamma_fn, sampling.chain_step(step, key_steps),
+                                      z_1, g1, T)
+  assert state == ()
+  z = z_1
+  for i in range(T, 0, -1):
+    gt, gs = gamma_fn(jnp.full((n,), i / T)), gamma_fn(jnp.full((n,), (i - 1) / T))
+    z = step(jax.random.fold_in(key_steps, i), z, smooth_eps(z, gt), gs, gt)
+  np.testing.assert_allclose(z_0, z, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(g0, gamma_fn(jnp.zeros((n,))))
+
+
+def test_a_registered_sampler_is_one_step_function():
+  """A sampler that jumps to the predicted data: z_s = alpha_s x_hat (DDIM without its noise
+  term), registered once, then usable by sample, sample_model and the config checks."""
+  def x_hat_step(eta):
+    del eta
+
+    def step(key, z_t, eps_hat, gamma_s, gamma_t):
+      gs = diffusion.expand_to(gamma_s, z_t)
+      return schedules.alpha(gs) * diffusion.predict_x(z_t, eps_hat, gamma_t)
+    return step
+
+  sampling.SAMPLERS["x_hat"] = sampling.Sampler(make_step=x_hat_step, default_eta=0.0,
+                                                eta_range=(0.0, 0.0))
+  try:
+    x = sampling.sample(EPS_FN, gamma_fn, rkey(18), (200, *SHAPE), T=20, vocab_size=V,
+                        sampler="x_hat", trajectory_steps=2)[0]
+    assert np.all(which_point(x) >= 0)          # on the data (it commits early: one image)
+    assert sampling.resolve_eta("x_hat", None) == 0.0
+    with pytest.raises(ValueError, match="sampler='x_hat' always uses eta=0"):
+      sampling.sample_model(PointMassClassVDM(), {}, rkey(0), 2, T=4, sampler="x_hat", eta=0.5)
+  finally:
+    del sampling.SAMPLERS["x_hat"]
 
 
 class SampleTransformationsTest(chex.TestCase):
@@ -363,6 +428,14 @@ def test_sample_model_closed_form_conditional_unconditional_guided():
     (dict(known=jnp.zeros((2, *SHAPE), jnp.int32)), ValueError, "both"),
     (dict(known=jnp.zeros((2, *SHAPE), jnp.int32), known_mask=jnp.ones((3,), bool)),
      ValueError, "does not broadcast"),
+    (dict(rtol=1e-3), ValueError, "takes none"),
+    (dict(sampler="ode"), ValueError, "pass T=None"),
+    (dict(T=None), ValueError, "T must be"),
+    (dict(T=None, sampler="ode", eta=0.0), ValueError, "takes no eta"),
+    (dict(T=None, sampler="ode", rtol=2.0), ValueError, r"rtol must be a number in \(0, 1\)"),
+    (dict(T=None, sampler="ode", trajectory_steps=2), ValueError, "records none"),
+    (dict(T=None, sampler="ode", known=jnp.zeros((2, *SHAPE), jnp.int32),
+          known_mask=jnp.ones((), bool)), ValueError, "does not support it"),
 ])
 def test_sample_and_sample_model_raise_the_same_errors(kwargs, error, match):
   args = {"T": 4, **kwargs}

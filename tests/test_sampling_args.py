@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm_jax import sampling, sampling_args
+from vdm_jax import ode, sampling, sampling_args
 
 V = 16
 SHAPE = (2, 2, 2, 1)
@@ -23,8 +23,17 @@ def test_check_chain_args_resolves_static_arguments():
                                         trajectory_steps=2, known=None, known_mask=None)
   assert args == sampling_args.ChainArgs(shape=(2, 2, 2, 1), vocab_size=16, T=5, sampler="ddim",
                                          eta=0.0, decode="argmax", trajectory_steps=(5, 1),
-                                         known=None, known_mask=None)
+                                         known=None, known_mask=None, rtol=None, atol=None)
   hash(args)      # static: usable as jit static arguments
+
+
+def test_check_chain_args_ode_takes_tolerances_not_steps():
+  args = check(sampler="ode", T=None)
+  assert (args.T, args.eta, args.rtol, args.atol) == (None, None, ode.RTOL, ode.ATOL)
+  args = check(sampler="ode", T=None, rtol=1e-3, atol=np.float32(1e-4), trajectory_steps=0)
+  assert args.rtol == 1e-3 and type(args.atol) is float and args.trajectory_steps == ()
+  hash(args)
+  assert sampling_args.is_chain("ddim") and not sampling_args.is_chain("ode")
 
 
 def test_check_chain_args_inpainting_inputs():
@@ -57,6 +66,14 @@ def test_check_chain_args_inpainting_inputs():
     (dict(known=KNOWN.astype(jnp.float32), known_mask=jnp.ones(SHAPE, bool)), TypeError,
      "integers"),
     (dict(known=KNOWN + 16, known_mask=jnp.ones(SHAPE, bool)), ValueError, r"\[0, 16\)"),
+    (dict(atol=1e-3), ValueError, "takes none"),
+    (dict(sampler="ode"), ValueError, "pass T=None"),
+    (dict(sampler="ode", T=None, eta=1.0), ValueError, "takes no eta"),
+    (dict(sampler="ode", T=None, rtol=0.0), ValueError, r"rtol must be a number in \(0, 1\)"),
+    (dict(sampler="ode", T=None, atol=True), ValueError, r"atol must be a number in \(0, 1\)"),
+    (dict(sampler="ode", T=None, trajectory_steps=(1,)), ValueError, "records none"),
+    (dict(sampler="ode", T=None, known=KNOWN, known_mask=jnp.ones(SHAPE, bool)), ValueError,
+     "does not support it"),
 ])
 def test_check_chain_args_rejects(kwargs, error, match):
   with pytest.raises(error, match=match):
@@ -70,6 +87,7 @@ def test_check_chain_args_rejects(kwargs, error, match):
 def test_resolve_eta(sampler, eta, expected):
   out = sampling_args.resolve_eta(sampler, eta)
   assert out == expected and type(out) is float
+  assert sampling_args.resolve_eta("ode", None) is None
 
 
 def test_resolve_trajectory_steps():
@@ -84,5 +102,6 @@ def test_resolve_trajectory_steps():
 
 def test_sampling_re_exports_the_same_objects():
   for name in ("SAMPLERS", "DECODERS", "ChainArgs", "check_chain_args", "resolve_eta",
-               "resolve_trajectory_steps"):
+               "resolve_trajectory_steps", "resolve_tolerances", "Sampler", "ReverseStep",
+               "ancestral_step", "ddim_step", "is_chain"):
     assert getattr(sampling, name) is getattr(sampling_args, name)

@@ -2,7 +2,7 @@
 
 The pure functional core is importable on its own::
 
-    from vdm_jax import diffusion, losses, likelihood, schedules, sampling
+    from vdm_jax import diffusion, losses, likelihood, schedules, sampling, ode
 
 Networks (`vdm_jax.nets`), the model module (`vdm_jax.model`), training (`vdm_jax.train`) and
 data (`vdm_jax.data`) are imported explicitly by the code that needs them.

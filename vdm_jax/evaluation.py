@@ -1,4 +1,7 @@
-"""Evaluation: the negative ELBO in bits per dimension over a test set, with its standard error.
+"""Evaluation: a bound on the test-set bits per dimension, with its standard error.
+
+Two bounds (`evaluate(..., method=...)`): "elbo", the negative ELBO (below), and "ode", the
+bound through the probability-flow ODE (`ode_per_example`).
 
     per-image bpd = (recon + prior + diffusion) / (H W C ln 2),
 
@@ -7,6 +10,15 @@ image and averaged. The reported `bpd` is the mean over the real images of the s
 standard error of that mean (sample standard deviation of the per-image bpd / sqrt(N)); it covers
 both the spread of the data and the Monte-Carlo noise of the estimator, since each image gets its
 own independent draws.
+
+The ODE bound of an image x (Song et al. 2021, with VDM's encoder as the dequantiser):
+
+    -log P(x) <= E_{q(z_0 | x)} [-log p_ODE(z_0) + log q(z_0 | x) - log p(x | z_0)],
+
+q(z_0 | x) = N(alpha_0 x, sigma_0^2 I), p_ODE the density of the probability-flow ODE with
+N(0, I) at t = 1 (`ode.log_prob`), p(x | z_0) the model's discrete decoder (as in the ELBO's
+recon term). It is a bound for the model p_ODE(z_0) p(x | z_0), estimated with K draws of z_0
+(and Hutchinson probes) per image.
 
 Works with `model.VDM` or any linen module with the same interface: attributes `T`,
 `vocab_size`, `num_classes` (0 = unconditional), `__call__(images, labels, train=...)` ->
@@ -23,9 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import likelihood, losses
+from vdm_jax import diffusion, likelihood, losses, ode, schedules
 
 Array = jax.Array
+
+METHODS = ("elbo", "ode")
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -118,6 +132,57 @@ def _eval_batch(variables, images, labels, key, *, model, num_time_samples, diff
   return out
 
 
+def ode_per_example(model, variables: Any, images: Array, labels: Array | None, key: Array, *,
+                    trace: str = "hutchinson", rtol: float | None = None,
+                    atol: float | None = None) -> dict[str, Array]:
+  """The ODE bound's terms per image, for one draw z_0 ~ q(z_0 | x) (and one probe).
+
+  Args:
+    model, variables, images, labels: as in `per_example_loss`.
+    key: PRNG key of the z_0 draw and the Hutchinson probe.
+    trace, rtol, atol: as in `ode.log_prob`.
+
+  Returns:
+    dict of [B] arrays: 'z0_nll' = -log p_ODE(z_0), 'dequant' = log q(z_0 | x), 'recon' =
+    -log p(x | z_0) (nats; their sum is the bound) and 'num_evals' (int32, network evaluations
+    of the solve).
+  """
+  labels = _labels_for(model, labels)
+  x = likelihood.encode(images, model.vocab_size)
+  batch = images.shape[0]
+
+  def eps_fn(z, g):
+    return model.apply(variables, z, g, labels, method=model.eps)
+
+  def gamma_fn(t):
+    return model.apply(variables, t, method=model.gamma)
+
+  gamma_0 = jnp.broadcast_to(jnp.asarray(gamma_fn(jnp.zeros((batch,), jnp.float32)),
+                                         jnp.float32), (batch,))
+  key_z, key_probe = jax.random.split(key)
+  z_0, noise = diffusion.sample_marginal(key_z, x, gamma_0)
+  g = gamma_0.reshape((batch,) + (1,) * (x.ndim - 1))
+  log_q = -0.5 * (jnp.square(noise) + schedules.log_sigma_sq(g) + jnp.log(2.0 * jnp.pi))
+  logp, info = ode.log_prob(eps_fn, gamma_fn, z_0, key=key_probe, trace=trace, rtol=rtol,
+                            atol=atol, return_info=True)
+  return {"z0_nll": -logp, "dequant": jnp.sum(log_q.reshape(batch, -1), axis=-1),
+          "recon": likelihood.recon_loss(images, z_0, gamma_0, model.vocab_size),
+          "num_evals": info.num_evals}
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_time_samples", "trace", "rtol",
+                                             "atol"))
+def _ode_batch(variables, images, labels, key, *, model, num_time_samples, trace, rtol, atol):
+  def one(k):
+    return ode_per_example(model, variables, images, labels, k, trace=trace, rtol=rtol,
+                           atol=atol)
+
+  draws = jax.lax.map(one, jax.random.split(key, num_time_samples))   # one solve at a time
+  out = {k: jnp.mean(v, axis=0) for k, v in draws.items() if k != "num_evals"}
+  out["num_evals"] = jnp.sum(draws["num_evals"], axis=0)
+  return out
+
+
 def _gather(out: Mapping[str, Array], mask: np.ndarray) -> tuple[dict, np.ndarray]:
   """Per-example results and the real-row mask of one batch, for the whole global batch on
   every process: with several processes, each holds only its rows (of a batch sharded over
@@ -132,9 +197,11 @@ def _gather(out: Mapping[str, Array], mask: np.ndarray) -> tuple[dict, np.ndarra
 
 def evaluate(model, variables: Any, batches: Iterable[Mapping[str, Any]], key: Array, *,
              T: int | None = None, num_time_samples: int = 1, diffusion_t_bins: int = 0,
-             put_batch: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
-             ) -> dict[str, Any]:
-  """Negative ELBO in bits per dimension over a one-pass set of batches.
+             put_batch: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+             method: str = "elbo", trace: str = "hutchinson", rtol: float | None = None,
+             atol: float | None = None) -> dict[str, Any]:
+  """A bound on the bits per dimension (the negative ELBO, or the ODE bound) over a one-pass
+  set of batches.
 
   Args:
     model: a `model.VDM` (or compatible module); `variables` its variables (e.g. EMA params).
@@ -150,10 +217,18 @@ def evaluate(model, variables: Any, batches: Iterable[Mapping[str, Any]], key: A
       bpd; their sum is a second, independent estimate of diffusion_bpd).
     put_batch: optional callable applied to each batch dict before the compiled call (e.g. to
       shard it over devices). The mask is read from the batch before it.
+    method: "elbo" (the negative ELBO) or "ode" (the ODE bound of the module docstring; K =
+      num_time_samples draws of z_0 per image; T and diffusion_t_bins do not apply).
+    trace, rtol, atol: method="ode" only: the divergence's trace ("hutchinson" or "exact",
+      `ode.log_prob`) and the solver's tolerances (None: `ode.RTOL`, `ode.ATOL`).
 
   Returns:
-    dict with 'bpd', 'bpd_se', 'recon_bpd', 'prior_bpd', 'diffusion_bpd' (floats; the three terms
-    sum to 'bpd'), 'num_images' (real images counted), 'num_time_samples', 'T'.
+    dict with 'bpd', 'bpd_se', 'num_images' (real images counted), 'num_time_samples' and
+    method="elbo": 'recon_bpd', 'prior_bpd', 'diffusion_bpd' (floats; the three terms sum to
+      'bpd'), 'T';
+    method="ode": 'recon_bpd', 'z0_nll_bpd' (E[-log p_ODE(z_0)]), 'dequant_bpd'
+      (E[log q(z_0 | x)]; the three sum to 'bpd'), 'num_evals' (network evaluations per image
+      and draw, mean), 'trace', 'rtol', 'atol'.
 
   The per-batch function is compiled once per (model, batch shape, K, n) and cached across
   calls; per-image results are fetched one batch behind the dispatch (device and host overlap)
@@ -163,10 +238,26 @@ def evaluate(model, variables: Any, batches: Iterable[Mapping[str, Any]], key: A
   """
   num_time_samples = _check_int("num_time_samples", num_time_samples, 1)
   diffusion_t_bins = _check_int("diffusion_t_bins", diffusion_t_bins, 0)
-  model = _with_T(model, T)
+  if method not in METHODS:
+    raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
+  if method == "ode":
+    if T is not None or diffusion_t_bins:
+      raise ValueError("T and diffusion_t_bins belong to the ELBO's diffusion term: "
+                       "method='ode' takes neither.")
+    if trace not in ode.TRACES:
+      raise ValueError(f"Unknown trace {trace!r}; choose one of {ode.TRACES}.")
+    rtol, atol = ode.check_tolerance("rtol", rtol), ode.check_tolerance("atol", atol)
+    batch_fn = functools.partial(_ode_batch, model=model, num_time_samples=num_time_samples,
+                                 trace=trace, rtol=rtol, atol=atol)
+    names = ("recon", "z0_nll", "dequant", "num_evals")
+  else:
+    model = _with_T(model, T)
+    batch_fn = functools.partial(_eval_batch, model=model, num_time_samples=num_time_samples,
+                                 diffusion_t_bins=diffusion_t_bins)
+    names = ("recon", "prior", "diffusion")
   num_classes = getattr(model, "num_classes", 0)
 
-  sums = {"recon": [], "prior": [], "diffusion": []}
+  sums = {name: [] for name in names}
   bins = []
   num_dims = None
 
@@ -195,8 +286,7 @@ def evaluate(model, variables: Any, batches: Iterable[Mapping[str, Any]], key: A
     device_batch = put_batch(batch) if put_batch is not None else batch
     images = device_batch["image"]
     labels = device_batch["label"] if num_classes else None
-    out = _eval_batch(variables, images, labels, jax.random.fold_in(key, n), model=model,
-                      num_time_samples=num_time_samples, diffusion_t_bins=diffusion_t_bins)
+    out = batch_fn(variables, images, labels, jax.random.fold_in(key, n))
     if pending is not None:
       collect(pending)
     pending = (out, mask)
@@ -210,17 +300,20 @@ def evaluate(model, variables: Any, batches: Iterable[Mapping[str, Any]], key: A
   def to_bpd(nats):   # host float64
     return likelihood.nats_to_bpd(nats, num_dims)
 
-  bpd = to_bpd(terms["recon"] + terms["prior"] + terms["diffusion"])
+  parts = [name for name in names if name != "num_evals"]
+  bpd = to_bpd(sum(terms[name] for name in parts))
   result = {
       "bpd": float(bpd.mean()),
       "bpd_se": float(bpd.std(ddof=1) / math.sqrt(num_images)) if num_images > 1 else float("nan"),
-      "recon_bpd": float(to_bpd(terms["recon"].mean())),
-      "prior_bpd": float(to_bpd(terms["prior"].mean())),
-      "diffusion_bpd": float(to_bpd(terms["diffusion"].mean())),
+      **{f"{name}_bpd": float(to_bpd(terms[name].mean())) for name in parts},
       "num_images": int(num_images),
       "num_time_samples": num_time_samples,
-      "T": int(model.T),
   }
+  if method == "ode":
+    result.update(num_evals=float(terms["num_evals"].mean() / num_time_samples), trace=trace,
+                  rtol=rtol, atol=atol)
+  else:
+    result["T"] = int(model.T)
   if diffusion_t_bins:
     contrib = np.concatenate(bins).mean(axis=0) / diffusion_t_bins       # [n] nats
     total = contrib.sum()

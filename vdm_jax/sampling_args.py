@@ -1,30 +1,110 @@
-"""The static argument checks of the reverse chain: what `sampling.sample` and
-`sampling.sample_model` accept.
+"""The sampler registry and the static argument checks of `sampling.sample` / `sampling.sample_model`.
+
+A sampler of the reverse chain is one `ReverseStep`,
+
+    step(key, z_t, eps_hat, gamma_s, gamma_t) -> z_s        (s < t, shapes of z_t),
+
+built by a factory of eta and registered in `SAMPLERS` with the etas it accepts:
+
+    def my_step(eta):
+      def step(key, z_t, eps_hat, gamma_s, gamma_t):
+        return ...                                          # z_s, float32 of z_t's shape
+      return step
+    SAMPLERS["mine"] = Sampler(make_step=my_step, default_eta=0.0, eta_range=(0.0, 1.0))
+
+after which `sample(..., sampler="mine")`, `sample_model` and `config.sampling.sampler="mine"`
+use it; inpainting and trajectory recording wrap any step (`sampling.with_inpainting`,
+`sampling.with_trajectory`). The one sampler that is not a chain, "ode" (the probability-flow
+ODE, `vdm_jax.ode`), is registered with make_step=None: it takes rtol / atol instead of T and
+eta.
 
 Both entry points go through `check_chain_args`, so they accept and reject the same values; the
 config module uses `SAMPLERS` and `resolve_eta` so a config fails for the same reasons a call
 would. Everything here runs on the host, once per trace, before any compute, and needs no model.
 
-eta convention (`resolve_eta`; the update it scales is in `vdm_jax.sampling`): sampler="ancestral"
-always uses eta = 1 (any other eta is an error); sampler="ddim" uses the given eta in [0, 1], or 0
-for eta=None.
+eta convention (`resolve_eta`): sampler="ancestral" always uses eta = 1 (any other eta is an
+error); sampler="ddim" uses the given eta in [0, 1], or 0 for eta=None; sampler="ode" takes none.
 """
 from __future__ import annotations
 
 import math
 import numbers
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import likelihood
+from vdm_jax import diffusion, likelihood, ode
 
 Array = jax.Array
 
-SAMPLERS = ("ancestral", "ddim")
 DECODERS = ("argmax", "sample")
+ODE = "ode"
+
+
+# --------------------------------------------------------------------------------------------
+# The sampler protocol and registry.
+
+
+class ReverseStep(Protocol):
+  """One step z_t -> z_s (s < t) of the reverse chain, given the network's eps_hat(z_t).
+
+  key: a PRNG key for this step's draws (a deterministic step ignores it); z_t, eps_hat:
+  float32 [B, ...]; gamma_s, gamma_t: scalar or [B]. Returns z_s, float32 of z_t's shape.
+  """
+
+  def __call__(self, key: Array, z_t: Array, eps_hat: Array, gamma_s: Array,
+               gamma_t: Array) -> Array: ...
+
+
+def ancestral_step() -> ReverseStep:
+  """z_s ~ p(z_s | z_t) = q(z_s | z_t, x = x_hat(z_t)) (`diffusion.reverse_step` at eta = 1)."""
+  def step(key, z_t, eps_hat, gamma_s, gamma_t):
+    return diffusion.reverse_step(key, z_t, eps_hat, gamma_s, gamma_t, 1.0)
+  return step
+
+
+def ddim_step(eta: float) -> ReverseStep:
+  """DDIM: z_s = alpha_s x_hat + sqrt(sigma_s^2 - eta^2 sigma_Q^2) eps_hat + eta sigma_Q eps.
+
+  eta in [0, 1] (a Python number); eta = 0 draws nothing (the key is ignored), eta = 1 is the
+  ancestral step.
+  """
+  if eta == 0.0:
+    def step(key, z_t, eps_hat, gamma_s, gamma_t):
+      del key   # deterministic: no draw, so no key in the compiled chain either
+      return diffusion.reverse_step(None, z_t, eps_hat, gamma_s, gamma_t, 0.0)
+  else:
+    def step(key, z_t, eps_hat, gamma_s, gamma_t):
+      return diffusion.reverse_step(key, z_t, eps_hat, gamma_s, gamma_t, eta)
+  return step
+
+
+class Sampler(NamedTuple):
+  """A registered sampler.
+
+  make_step: eta (float) -> `ReverseStep`; None for a sampler that is not a reverse chain (the
+    probability-flow ODE).
+  default_eta: the eta used for eta=None; None when the sampler takes no eta.
+  eta_range: (low, high), the etas accepted (low == high: that eta only); None: no eta.
+  """
+  make_step: Callable[[float], ReverseStep] | None
+  default_eta: float | None
+  eta_range: tuple[float, float] | None
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "ancestral": Sampler(make_step=lambda eta: ancestral_step(), default_eta=1.0,
+                         eta_range=(1.0, 1.0)),
+    "ddim": Sampler(make_step=ddim_step, default_eta=0.0, eta_range=(0.0, 1.0)),
+    ODE: Sampler(make_step=None, default_eta=None, eta_range=None),
+}
+
+
+def is_chain(sampler: str) -> bool:
+  """Whether `sampler` (a registered name) runs the T-step reverse chain (else: the ODE)."""
+  return SAMPLERS[sampler].make_step is not None
 
 
 def _check_T(T) -> int:
@@ -33,10 +113,12 @@ def _check_T(T) -> int:
   return int(T)
 
 
-def resolve_eta(sampler: str, eta) -> float:
-  """The eta a sampler uses: ancestral -> 1 (only eta=None or 1 accepted), ddim -> eta or 0."""
+def resolve_eta(sampler: str, eta) -> float | None:
+  """The eta a sampler uses (its `SAMPLERS` entry): ancestral -> 1 (only eta=None or 1
+  accepted), ddim -> eta in [0, 1] or 0, ode -> None (only eta=None accepted)."""
   if sampler not in SAMPLERS:
-    raise ValueError(f"Unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
+    raise ValueError(f"Unknown sampler {sampler!r}; choose one of {tuple(SAMPLERS)}.")
+  rules = SAMPLERS[sampler]
   if eta is not None:
     if isinstance(eta, jax.core.Tracer):
       raise TypeError("eta must be a Python number (it is static: eta = 0 skips the noise draws); "
@@ -44,15 +126,33 @@ def resolve_eta(sampler: str, eta) -> float:
     if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not math.isfinite(eta):
       raise ValueError(f"eta must be a number in [0, 1], got {eta!r}.")
     eta = float(eta)
-  if sampler == "ancestral":
-    if eta is not None and eta != 1.0:
-      raise ValueError(f"sampler='ancestral' always uses eta=1, got eta={eta}; use "
-                       "sampler='ddim' for another eta.")
-    return 1.0
-  eta = 0.0 if eta is None else eta
-  if not 0.0 <= eta <= 1.0:
-    raise ValueError(f"sampler='ddim' needs eta in [0, 1], got {eta}.")
+  if rules.eta_range is None:
+    if eta is not None:
+      raise ValueError(f"sampler={sampler!r} takes no eta, got eta={eta}.")
+    return None
+  low, high = rules.eta_range
+  if low == high:
+    if eta is not None and eta != low:
+      others = [name for name, s in SAMPLERS.items()
+                if s.eta_range is not None and s.eta_range[0] < s.eta_range[1]]
+      raise ValueError(f"sampler={sampler!r} always uses eta={low:g}, got eta={eta}; use "
+                       f"sampler={' or '.join(map(repr, others))} for another eta.")
+    return float(low)
+  eta = float(rules.default_eta) if eta is None else eta
+  if not low <= eta <= high:
+    raise ValueError(f"sampler={sampler!r} needs eta in [{low:g}, {high:g}], got {eta}.")
   return eta
+
+
+def resolve_tolerances(sampler: str, rtol, atol) -> tuple[float | None, float | None]:
+  """(rtol, atol) of the ODE solver: for sampler="ode", None means `ode.RTOL` / `ode.ATOL`
+  and given values must lie in (0, 1); the chain samplers take none (both must be None)."""
+  if is_chain(sampler):
+    if rtol is not None or atol is not None:
+      raise ValueError(f"rtol / atol are the ODE solver's tolerances: sampler={sampler!r} runs T "
+                       "fixed steps and takes none (use sampler='ode').")
+    return None, None
+  return ode.check_tolerance("rtol", rtol), ode.check_tolerance("atol", atol)
 
 
 def resolve_trajectory_steps(trajectory_steps, T: int) -> tuple[int, ...]:
@@ -84,6 +184,15 @@ def resolve_trajectory_steps(trajectory_steps, T: int) -> tuple[int, ...]:
   return tuple(sorted((int(i) for i in steps), reverse=True))
 
 
+def _no_steps(trajectory_steps) -> bool:
+  """Whether trajectory_steps asks for no recording: None, 0 or an empty sequence."""
+  if trajectory_steps is None:
+    return True
+  if isinstance(trajectory_steps, (int, np.integer)) and not isinstance(trajectory_steps, bool):
+    return int(trajectory_steps) == 0
+  return isinstance(trajectory_steps, Sequence) and len(trajectory_steps) == 0
+
+
 def _check_known(shape, vocab_size, known, known_mask):
   if (known is None) != (known_mask is None):
     raise ValueError("inpainting needs both `known` (integer images) and `known_mask` (bool).")
@@ -109,51 +218,70 @@ def _check_known(shape, vocab_size, known, known_mask):
 
 
 class ChainArgs(NamedTuple):
-  """The checked arguments of one reverse chain (`check_chain_args`).
+  """The checked arguments of one call of `sampling.sample` (`check_chain_args`).
 
   shape: the sample shape [B, ...] as a tuple of ints (rank >= 2).
   vocab_size: int >= 2, discrete values per dimension.
-  T: int >= 1, the number of steps.
-  sampler: "ancestral" or "ddim".
-  eta: the resolved eta, a float in [0, 1] (`resolve_eta`).
+  T: int >= 1, the number of steps; None for sampler="ode".
+  sampler: a key of `SAMPLERS`.
+  eta: the resolved eta, a float in [0, 1] (`resolve_eta`); None for sampler="ode".
   decode: "argmax" or "sample".
   trajectory_steps: recorded step indices in chain order (descending), () for none.
   known: int32 images of `shape`, or None (no inpainting).
   known_mask: bool, broadcast to `shape`, or None.
+  rtol, atol: the ODE solver's tolerances (floats in (0, 1)) for sampler="ode", else None.
 
-  Everything but known / known_mask is static (hashable): it fixes the compiled chain.
+  Everything but known / known_mask is static (hashable): it fixes the compiled sampler.
   """
   shape: tuple[int, ...]
   vocab_size: int
-  T: int
+  T: int | None
   sampler: str
-  eta: float
+  eta: float | None
   decode: str
   trajectory_steps: tuple[int, ...]
   known: Array | None
   known_mask: Array | None
+  rtol: float | None = None
+  atol: float | None = None
 
 
-def check_chain_args(shape: Sequence[int], vocab_size: int, *, T: int, sampler: str,
+def check_chain_args(shape: Sequence[int], vocab_size: int, *, T: int | None, sampler: str,
                      eta: float | None, decode: str, trajectory_steps: int | Sequence[int],
-                     known: Array | None, known_mask: Array | None) -> ChainArgs:
+                     known: Array | None, known_mask: Array | None, rtol: float | None = None,
+                     atol: float | None = None) -> ChainArgs:
   """Checks and resolves the arguments of `sampling.sample` / `sampling.sample_model`.
 
-  Each argument is described in `sampling.sample`.
+  Each argument is described in `sampling.sample`. The chain samplers need T and take no
+  rtol / atol; sampler="ode" takes rtol / atol and no T, eta, trajectory steps or inpainting.
 
   Raises ValueError / TypeError naming the argument; runs on the host, once per trace.
   """
   shape = tuple(int(d) for d in shape)
   if len(shape) < 2 or any(d < 1 for d in shape):
     raise ValueError(f"shape must be [batch, ...] with rank >= 2 and positive sizes, got {shape}.")
-  T = _check_T(T)
   if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or \
       vocab_size < 2:
     raise ValueError(f"vocab_size must be an int >= 2, got {vocab_size!r}.")
   eta = resolve_eta(sampler, eta)
+  rtol, atol = resolve_tolerances(sampler, rtol, atol)
   if decode not in DECODERS:
     raise ValueError(f"Unknown decode {decode!r}; choose one of {DECODERS}.")
-  steps = resolve_trajectory_steps(trajectory_steps, T)
-  known, known_mask = _check_known(shape, vocab_size, known, known_mask)
+  if is_chain(sampler):
+    T = _check_T(T)
+    steps = resolve_trajectory_steps(trajectory_steps, T)
+    known, known_mask = _check_known(shape, vocab_size, known, known_mask)
+  else:
+    if T is not None:
+      raise ValueError(f"sampler={sampler!r} chooses its own steps (adaptive, to rtol / atol): "
+                       f"pass T=None, got T={T!r}.")
+    if not _no_steps(trajectory_steps):
+      raise ValueError(f"trajectory_steps are steps of the reverse chain: sampler={sampler!r} "
+                       "records none.")
+    if known is not None or known_mask is not None:
+      raise ValueError(f"inpainting replaces the known region at every chain step: "
+                       f"sampler={sampler!r} does not support it (use 'ancestral' or 'ddim').")
+    steps = ()
   return ChainArgs(shape=shape, vocab_size=int(vocab_size), T=T, sampler=sampler, eta=eta,
-                   decode=decode, trajectory_steps=steps, known=known, known_mask=known_mask)
+                   decode=decode, trajectory_steps=steps, known=known, known_mask=known_mask,
+                   rtol=rtol, atol=atol)
