@@ -13,6 +13,9 @@ Facts checked:
   (checked with the null row when the batch never uses the null label).
 * Label conditioning, label=None (== null label), dropout only in train mode, bf16 compute,
   scan (stacked params, program size independent of depth), scan=False equivalence, remat.
+* The official layout's options: cond_scalar_input, attn_key_bias and norm_groups add exactly
+  dense0's zero-input row and the key biases; that row is a zero input (zero gradient); a key
+  bias leaves attention unchanged; norm_groups fixes the group count or says what to change.
 
 Keys are RBG keys (`jax.random.key(i, impl="rbg")`): the networks are PRNG-agnostic, and RBG
 roughly halves the CPU compile time of `init` compared with threefry. Test functions are
@@ -29,8 +32,9 @@ import numpy as np
 import optax
 import pytest
 
-from vdm_jax.nets import (GroupNorm, UNet, VDMScoreNet, fourier_features, num_groups,
-                          timestep_embedding, unscanned_to_scanned)
+from vdm_jax.nets import (AttnBlock, ConditioningEmbedding, GroupNorm, UNet, VDMScoreNet,
+                          fourier_features, group_norm, num_groups, timestep_embedding,
+                          unscanned_to_scanned)
 
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
@@ -225,6 +229,76 @@ def test_unconditional_rejects_label():
     jax.eval_shape(net.init, key(0), z, c, np.zeros((2,), np.int32))
   with pytest.raises(ValueError, match="cond"):
     jax.eval_shape(net.init, key(0), z, np.zeros((3,), np.float32))
+
+
+# ---------------------------------------------------------------- the official layout's options
+
+
+def _count(tree):
+  return sum(x.size for x in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.mark.parametrize("name,kw,extra", [
+    # dense0's extra row (4 * 32) + a key bias in 2 down, 1 middle, 3 up attention blocks (32 ch)
+    ("vdm", dict(n_embd=32, n_layer=2, with_attention=True), 4 * 32 + 6 * 32),
+    # dense0's extra row (4 * 32) + key biases at 16x16: 1 down, 1 middle, 2 up blocks (64 ch)
+    ("unet", dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,)),
+     4 * 32 + 4 * 64),
+])
+def test_official_layout_options_add_only_their_parameters(name, kw, extra):
+  """cond_scalar_input, attn_key_bias and norm_groups (the official VDM layout) add dense0's
+  extra input row and the key biases, nothing else; the defaults keep the tree as it was."""
+  cls = NETS[name][0]
+  z = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  c = jax.ShapeDtypeStruct((2,), jnp.float32)
+  plain = jax.eval_shape(cls(**kw).init, key(0), z, c)["params"]
+  official = jax.eval_shape(cls(**kw, cond_scalar_input=True, attn_key_bias=True,
+                                norm_groups=32).init, key(0), z, c)["params"]
+  assert _count(official) - _count(plain) == extra
+  assert plain["cond_embed"]["dense0"]["kernel"].shape == (32, 128)
+  assert official["cond_embed"]["dense0"]["kernel"].shape == (33, 128)
+  assert "bias" not in plain["mid_attn"]["k"] and official["mid_attn"]["k"]["bias"].shape[-1] > 0
+  paths = lambda t: {keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(t)}
+  assert paths(official) - paths(plain) == {
+      p for p in paths(official) if p.endswith("['k']['bias']")}
+
+
+def test_cond_scalar_input_is_a_zero_input():
+  """The extra dense0 input is 0: the embedding is the default one with that kernel row left
+  out, and the row gets exactly zero gradient."""
+  cond = np.array([0.0, 0.3, 1.0], np.float32)
+  extra = ConditioningEmbedding(16, cond_scalar_input=True)
+  params = perturb(jit(extra.init)(key(0), cond), 1)
+  plain_params = jax.tree_util.tree_map(lambda x: x, params)
+  plain_params["params"]["dense0"]["kernel"] = params["params"]["dense0"]["kernel"][:-1]
+  np.testing.assert_allclose(jit(extra.apply)(params, cond),
+                             jit(ConditioningEmbedding(16).apply)(plain_params, cond), rtol=1e-6,
+                             atol=1e-6)
+  grad = jit(jax.grad(lambda p: jnp.sum(extra.apply(p, cond) ** 2)))(params)
+  kernel_grad = np.asarray(grad["params"]["dense0"]["kernel"])
+  assert np.all(kernel_grad[-1] == 0.0) and np.abs(kernel_grad[:-1]).max() > 0
+
+
+def test_attention_key_bias_leaves_the_function_unchanged():
+  """A key bias adds q.b_k to every logit of a query, which the softmax removes."""
+  x = normal(0, (2, 4, 4, 8))
+  with_bias = AttnBlock(key_bias=True)
+  params = perturb(jit(with_bias.init)(key(0), x), 1, scale=0.5)
+  assert np.abs(params["params"]["k"]["bias"]).max() > 0.1
+  plain = {"params": {**params["params"], "k": {"kernel": params["params"]["k"]["kernel"]}}}
+  np.testing.assert_allclose(jit(with_bias.apply)(params, x), jit(AttnBlock().apply)(plain, x),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_norm_groups_fixes_the_group_count():
+  assert group_norm(32, "n").num_groups == 16 and group_norm(32, "n", groups=32).num_groups == 32
+  z, c = np.zeros((2, 8, 8, 1), np.float32), np.zeros((2,), np.float32)
+  with pytest.raises(ValueError, match=r"norm_groups must be 0 \(automatic\) or divide "
+                     r"n_embd=32, got 48"):
+    jax.eval_shape(VDMScoreNet(n_embd=32, n_layer=1, norm_groups=48).init, key(0), z, c)
+  with pytest.raises(ValueError, match=r"norm_groups must be 0 \(automatic\) or divide every "
+                     r"level's channels \[8, 16\], got 16"):
+    jax.eval_shape(UNet(ch=8, ch_mult=(1, 2), norm_groups=16).init, key(0), z, c)
 
 
 # ---------------------------------------------------------------- gradients

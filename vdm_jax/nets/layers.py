@@ -132,11 +132,15 @@ class GroupNorm(nn.Module):
 
 
 def group_norm(channels: int, name: str, dtype: Dtype = jnp.float32,
-               max_groups: int = 32) -> GroupNorm:
-  """GroupNorm with a channel-safe group count (`num_groups`), float32 params and float32
-  statistics whatever the compute `dtype` is."""
-  return GroupNorm(num_groups=num_groups(channels, max_groups), epsilon=1e-6, dtype=dtype,
-                   name=name)
+               max_groups: int = 32, groups: int = 0) -> GroupNorm:
+  """GroupNorm with float32 params and float32 statistics whatever the compute `dtype` is.
+
+  groups: 0 for the channel-safe count `num_groups(channels, max_groups)`; else exactly this
+    many groups (it must divide `channels`), e.g. 32 as in the official VDM code, which keeps
+    32 groups even where that leaves one channel per group.
+  """
+  count = groups if groups > 0 else num_groups(channels, max_groups)
+  return GroupNorm(num_groups=count, epsilon=1e-6, dtype=dtype, name=name)
 
 
 def conv3x3(features: int, name: str, dtype: Dtype, *, strides: int = 1,
@@ -171,14 +175,23 @@ class ConditioningEmbedding(nn.Module):
   The label table has num_classes + 1 rows; row `num_classes` is the null label (used when
   `label is None`, and the "unconditional" label for classifier-free guidance). Labels must lie
   in [0, num_classes]: larger values (not checkable under jit) give NaN outputs.
+
+  cond_scalar_input: append one more input to the embedding, [timestep_embedding, s] with
+    s = 0 for every example, so that dense0 has n_embd + 1 inputs. This is the official VDM
+    network's layout: there s is a per-example "conditioning" scalar, which is 0 for
+    un-augmented data and in sampling (every use this project makes of such a network), so the
+    extra kernel row is kept for parameter parity and contributes nothing.
   """
   n_embd: int
   num_classes: int = 0
   dtype: Dtype = jnp.float32
+  cond_scalar_input: bool = False
 
   @nn.compact
   def __call__(self, cond: jax.Array, label: Optional[jax.Array] = None) -> jax.Array:
     temb = timestep_embedding(cond, self.n_embd)
+    if self.cond_scalar_input:
+      temb = jnp.concatenate([temb, jnp.zeros((temb.shape[0], 1), temb.dtype)], axis=1)
     c = nn.swish(dense(4 * self.n_embd, "dense0", self.dtype)(temb))
     c = nn.swish(dense(4 * self.n_embd, "dense1", self.dtype)(c))
     if self.num_classes > 0:
@@ -245,25 +258,26 @@ class ResnetBlock(nn.Module):
   The skip path is a 1x1 projection (`nin_shortcut`) when the channel count changes. The
   conditioning projection and the second conv are zero-initialised (as in the official code),
   so the block is the identity (or the 1x1 projection) at initialisation.
-  `fast_conv_grad`: see `conv3x3` (fast_grad).
+  `fast_conv_grad`: see `conv3x3` (fast_grad). `norm_groups`: see `group_norm` (groups).
   """
   out_ch: Optional[int] = None
   dropout: float = 0.0
   deterministic: bool = True
   dtype: Dtype = jnp.float32
   fast_conv_grad: bool = False
+  norm_groups: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, cond: Optional[jax.Array]) -> jax.Array:
     x = x.astype(self.dtype)
     c_in = x.shape[-1]
     out_ch = c_in if self.out_ch is None else self.out_ch
-    h = nn.swish(group_norm(c_in, "norm1", self.dtype)(x))
+    h = nn.swish(group_norm(c_in, "norm1", self.dtype, groups=self.norm_groups)(x))
     h = conv3x3(out_ch, "conv1", self.dtype, fast_grad=self.fast_conv_grad)(h)
     if cond is not None:
       h = h + dense(out_ch, "cond_proj", self.dtype, use_bias=False, zero=True)(
           cond)[:, None, None, :]
-    h = nn.swish(group_norm(out_ch, "norm2", self.dtype)(h))
+    h = nn.swish(group_norm(out_ch, "norm2", self.dtype, groups=self.norm_groups)(h))
     if self.dropout > 0 and not self.deterministic:
       h = dropout(h, self.dropout, self.make_rng("dropout"))
     h = conv3x3(out_ch, "conv2", self.dtype, zero=True, fast_grad=self.fast_conv_grad)(h)
@@ -276,18 +290,22 @@ class AttnBlock(nn.Module):
   """Single-head self-attention over the H*W positions, residual, zero-init output projection.
 
   h = GN(x); q, k, v = Dense(h); out = x + proj_out(softmax(q k^T / sqrt(C)) v).
-  The key projection has no bias: a key bias adds q.b_k to every logit of a query, which the
-  softmax removes, so such a bias would never receive a gradient.
+  The key projection has no bias by default: a key bias adds q.b_k to every logit of a query,
+  which the softmax removes, so such a bias would never receive a gradient. `key_bias=True`
+  keeps one anyway, for the official VDM layout (same function, C more parameters).
+  `norm_groups`: see `group_norm` (groups).
   """
   dtype: Dtype = jnp.float32
+  key_bias: bool = False
+  norm_groups: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.astype(self.dtype)
     b, hgt, wdt, c = x.shape
-    h = group_norm(c, "norm", self.dtype)(x).reshape(b, hgt * wdt, c)
+    h = group_norm(c, "norm", self.dtype, groups=self.norm_groups)(x).reshape(b, hgt * wdt, c)
     q = dense(c, "q", self.dtype)(h)
-    k = dense(c, "k", self.dtype, use_bias=False)(h)
+    k = dense(c, "k", self.dtype, use_bias=self.key_bias)(h)
     v = dense(c, "v", self.dtype)(h)
     logits = jnp.einsum("bqc,bkc->bqk", q, k, preferred_element_type=jnp.float32)
     weights = jax.nn.softmax(logits * (1.0 / math.sqrt(c)), axis=-1).astype(self.dtype)
@@ -318,9 +336,9 @@ def input_features(z: jax.Array, with_fourier_features: bool, freqs: Sequence[in
 
 
 def output_head(h: jax.Array, z: jax.Array, dtype: Dtype, input_skip: bool,
-                fast_conv_grad: bool = False) -> jax.Array:
+                fast_conv_grad: bool = False, norm_groups: int = 0) -> jax.Array:
   """GN, swish, zero-initialised conv3x3 to z's channels; float32 out; optionally + z."""
-  h = nn.swish(group_norm(h.shape[-1], "norm_out", dtype)(h))
+  h = nn.swish(group_norm(h.shape[-1], "norm_out", dtype, groups=norm_groups)(h))
   out = conv3x3(z.shape[-1], "conv_out", dtype, zero=True, fast_grad=fast_conv_grad)(h).astype(
       jnp.float32)
   if input_skip:

@@ -60,8 +60,9 @@ class UNet(nn.Module):
     ch_mult: channel multipliers, one per resolution level (len(ch_mult) - 1 down-samplings).
     num_res_blocks: ResnetBlocks per level on the way down (num_res_blocks + 1 on the way up).
     attn_resolutions: spatial sizes (height) at which self-attention follows each block.
-    dropout, num_classes, dtype, remat, with_fourier_features, fourier_freqs, input_skip:
-      as in `VDMScoreNet`.
+    dropout, num_classes, dtype, remat, with_fourier_features, fourier_freqs, input_skip,
+      cond_scalar_input, attn_key_bias, norm_groups: as in `VDMScoreNet` (norm_groups must
+      divide every level's channels).
   Defaults are DDPM's CIFAR-10 network (35.7M parameters); for 28x28 data use e.g.
   ch_mult=(1, 2, 2) (28 -> 14 -> 7) and attn_resolutions=(14,) or (7,).
   """
@@ -76,18 +77,29 @@ class UNet(nn.Module):
   input_skip: bool = False
   dtype: Dtype = jnp.float32
   remat: bool = False
+  cond_scalar_input: bool = False
+  attn_key_bias: bool = False
+  norm_groups: int = 0
 
   @nn.compact
   def __call__(self, z: jax.Array, cond: jax.Array, label: Optional[jax.Array] = None,
                train: bool = False) -> jax.Array:
+    groups = self.norm_groups
+    if groups < 0 or (groups and any(self.ch * m % groups for m in self.ch_mult)):
+      raise ValueError(f"norm_groups must be 0 (automatic) or divide every level's channels "
+                       f"{[self.ch * m for m in self.ch_mult]}, got {groups}")
     cond = check_inputs(z, cond)
-    c = ConditioningEmbedding(self.ch, self.num_classes, self.dtype, name="cond_embed")(cond, label)
+    c = ConditioningEmbedding(self.ch, self.num_classes, self.dtype, self.cond_scalar_input,
+                              name="cond_embed")(cond, label)
     res_cls = nn.remat(ResnetBlock) if self.remat else ResnetBlock
     attn_cls = nn.remat(AttnBlock) if self.remat else AttnBlock
     det = not train
 
     def res(out_ch, name):
-      return res_cls(out_ch, self.dropout, det, self.dtype, name=name)
+      return res_cls(out_ch, self.dropout, det, self.dtype, norm_groups=groups, name=name)
+
+    def attn(name):
+      return attn_cls(self.dtype, self.attn_key_bias, groups, name=name)
 
     h = input_features(z, self.with_fourier_features, self.fourier_freqs, self.dtype)
     h = conv3x3(self.ch, "conv_in", self.dtype)(h)
@@ -97,14 +109,14 @@ class UNet(nn.Module):
       for j in range(self.num_res_blocks):
         h = res(self.ch * mult, f"down{i}_block{j}")(h, c)
         if h.shape[1] in self.attn_resolutions:
-          h = attn_cls(self.dtype, name=f"down{i}_attn{j}")(h)
+          h = attn(f"down{i}_attn{j}")(h)
         hs.append(h)
       if i != last:
         h = Downsample(self.dtype, name=f"down{i}_downsample")(h)
         hs.append(h)
 
     h = res(None, "mid_block1")(h, c)
-    h = attn_cls(self.dtype, name="mid_attn")(h)
+    h = attn("mid_attn")(h)
     h = res(None, "mid_block2")(h, c)
 
     for i in reversed(range(len(self.ch_mult))):
@@ -112,9 +124,9 @@ class UNet(nn.Module):
         h = res(self.ch * self.ch_mult[i], f"up{i}_block{j}")(
             jnp.concatenate([h, hs.pop()], axis=-1), c)
         if h.shape[1] in self.attn_resolutions:
-          h = attn_cls(self.dtype, name=f"up{i}_attn{j}")(h)
+          h = attn(f"up{i}_attn{j}")(h)
       if i != 0:
         h = Upsample(self.dtype, name=f"up{i}_upsample")(h, tuple(hs[-1].shape[1:3]))
     assert not hs
 
-    return output_head(h, z, self.dtype, self.input_skip)
+    return output_head(h, z, self.dtype, self.input_skip, norm_groups=groups)

@@ -31,13 +31,15 @@ class DownBlock(nn.Module):
   deterministic: bool = True
   dtype: Dtype = jnp.float32
   fast_conv_grad: bool = False
+  attn_key_bias: bool = False
+  norm_groups: int = 0
 
   @nn.compact
   def __call__(self, h: jax.Array, cond: jax.Array):
     h = ResnetBlock(self.n_embd, self.dropout, self.deterministic, self.dtype,
-                    self.fast_conv_grad, name="block")(h, cond)
+                    self.fast_conv_grad, self.norm_groups, name="block")(h, cond)
     if self.with_attention:
-      h = AttnBlock(self.dtype, name="attn")(h)
+      h = AttnBlock(self.dtype, self.attn_key_bias, self.norm_groups, name="attn")(h)
     return h, h
 
 
@@ -49,14 +51,16 @@ class UpBlock(nn.Module):
   deterministic: bool = True
   dtype: Dtype = jnp.float32
   fast_conv_grad: bool = False
+  attn_key_bias: bool = False
+  norm_groups: int = 0
 
   @nn.compact
   def __call__(self, h: jax.Array, skip: jax.Array, cond: jax.Array):
     h = jnp.concatenate([h, skip.astype(h.dtype)], axis=-1)
     h = ResnetBlock(self.n_embd, self.dropout, self.deterministic, self.dtype,
-                    self.fast_conv_grad, name="block")(h, cond)
+                    self.fast_conv_grad, self.norm_groups, name="block")(h, cond)
     if self.with_attention:
-      h = AttnBlock(self.dtype, name="attn")(h)
+      h = AttnBlock(self.dtype, self.attn_key_bias, self.norm_groups, name="attn")(h)
     return h, None
 
 
@@ -97,6 +101,16 @@ class VDMScoreNet(nn.Module):
       backward pass is otherwise 25-40x slower on CPU; other platforms use JAX's own backward
       pass either way). Same parameters and outputs. It is a custom VJP: set False to take
       forward-mode derivatives (jax.jvp) through the network.
+    cond_scalar_input: the first conditioning Dense takes one more input, a zero, after the
+      timestep embedding (`ConditioningEmbedding`): the official layout (n_embd + 1 inputs).
+    attn_key_bias: the attention blocks' key projection has a bias (the official layout; it
+      does not change the function, see `AttnBlock`).
+    norm_groups: 0 for the channel-safe GroupNorm group count (`num_groups`: 32 from 64
+      channels up, fewer below so that each group keeps two channels); else exactly this many
+      groups in every GroupNorm (the official code: 32; it must divide n_embd).
+  The official VDM network (google-research/vdm `ScoreUNet`) is `cond_scalar_input=True,
+  attn_key_bias=True, norm_groups=32` with the defaults above (input_skip=True is its "base
+  measure"); `vdm_jax.interop.official` maps its weights onto that layout.
   """
   n_embd: int = 128
   n_layer: int = 32
@@ -110,22 +124,30 @@ class VDMScoreNet(nn.Module):
   remat: bool = False
   scan: bool = True
   fast_conv_grad: bool = True
+  cond_scalar_input: bool = False
+  attn_key_bias: bool = False
+  norm_groups: int = 0
 
   @nn.compact
   def __call__(self, z: jax.Array, cond: jax.Array, label: Optional[jax.Array] = None,
                train: bool = False) -> jax.Array:
     if self.n_layer < 1:
       raise ValueError(f"n_layer must be >= 1, got {self.n_layer}")
+    if self.norm_groups < 0 or (self.norm_groups and self.n_embd % self.norm_groups):
+      raise ValueError(f"norm_groups must be 0 (automatic) or divide n_embd={self.n_embd}, "
+                       f"got {self.norm_groups}")
     cond = check_inputs(z, cond)
-    c = ConditioningEmbedding(self.n_embd, self.num_classes, self.dtype, name="cond_embed")(
-        cond, label)
+    c = ConditioningEmbedding(self.n_embd, self.num_classes, self.dtype, self.cond_scalar_input,
+                              name="cond_embed")(cond, label)
 
     h = input_features(z, self.with_fourier_features, self.fourier_freqs, self.dtype)
     fast = self.fast_conv_grad
     h0 = conv3x3(self.n_embd, "conv_in", self.dtype, fast_grad=fast)(h)
 
+    groups = self.norm_groups
     kw = dict(n_embd=self.n_embd, with_attention=self.with_attention, dropout=self.dropout,
-              deterministic=not train, dtype=self.dtype, fast_conv_grad=fast)
+              deterministic=not train, dtype=self.dtype, fast_conv_grad=fast,
+              attn_key_bias=self.attn_key_bias, norm_groups=groups)
     down_cls, up_cls = DownBlock, UpBlock
     if self.remat:
       # prevent_cse is only needed outside scan (scan already stops CSE across the remat boundary).
@@ -144,9 +166,11 @@ class VDMScoreNet(nn.Module):
         h, _ = down_cls(**kw, name=f"down_{i}")(h, c)
         hs.append(h)
 
-    h = ResnetBlock(None, self.dropout, not train, self.dtype, fast, name="mid_block1")(h, c)
-    h = AttnBlock(self.dtype, name="mid_attn")(h)
-    h = ResnetBlock(None, self.dropout, not train, self.dtype, fast, name="mid_block2")(h, c)
+    h = ResnetBlock(None, self.dropout, not train, self.dtype, fast, groups, name="mid_block1")(
+        h, c)
+    h = AttnBlock(self.dtype, self.attn_key_bias, groups, name="mid_attn")(h)
+    h = ResnetBlock(None, self.dropout, not train, self.dtype, fast, groups, name="mid_block2")(
+        h, c)
 
     if self.scan:
       up = nn.scan(up_cls, in_axes=(0, nn.broadcast), length=self.n_layer + 1, **scan_kw)
@@ -155,7 +179,7 @@ class VDMScoreNet(nn.Module):
       for i in range(self.n_layer + 1):
         h, _ = up_cls(**kw, name=f"up_{i}")(h, hs.pop(), c)
 
-    return output_head(h, z, self.dtype, self.input_skip, fast)
+    return output_head(h, z, self.dtype, self.input_skip, fast, groups)
 
 
 def unscanned_to_scanned(params, n_layer: int):
