@@ -6,7 +6,8 @@
 Restores the EMA parameters of the run's latest checkpoint (its own `config.json`) and prints
 ONE JSON object with:
   unsharded  `sampling.sample_model` for one batch of per_device_batch x devices images, jitted,
-             `--repeats` timed calls after a compiling one: images/s and images/s per device.
+             `--repeats` timed calls after a compiling one (median): images/s and images/s
+             per device.
   sharded    `training.sample_shards.write_shards` of `--num_samples` images into a fresh folder
              (chunks of the same size, every device of every process, files written), after the
              chunk function was compiled: seconds, images/s and images/s per device.
@@ -22,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -77,7 +79,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(plain(jax.random.fold_in(key, r)))
     times.append(time.perf_counter() - t0)
-  unsharded = chunk / min(times)
+  unsharded = chunk / statistics.median(times)
 
   out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="vdm_shards_"))
   # Compile the chunk function first (one chunk into a scratch folder), so both rates exclude it.

@@ -17,6 +17,10 @@ and writes it to <workdir>/eval_step_<step>.json (metrics.jsonl is the training 
 shard files <workdir>/samples_step_<step>/chunk_<c>-process_<p>.npz (uint8 images, labels,
 sample ids; a rerun completes what is missing) and a grid <workdir>/samples_step_<step>.png.
 For eval and sample, --config defaults to the copy the training run left in <workdir>/config.json.
+--official_checkpoint=<path> evaluates or samples a checkpoint of the official VDM code (a
+ckpt-<n>.flax file or the checkpoints-0 folder holding it) instead, for the official-layout model
+that --config describes (experiments/configs/cifar10_paper.py for its CIFAR-10 model); results go
+to <workdir>/eval_official_step_<step>.json and <workdir>/samples_official_step_<step>/.
 Multi-host: pass --multihost on every host (see vdm_jax/parallel.py).
 """
 from __future__ import annotations
@@ -38,6 +42,9 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to do.")
 flags.DEFINE_integer("checkpoint_step", None, "eval/sample: this step instead of the latest.")
 flags.DEFINE_integer("num_samples", None, "sample: how many (default config.sampling.num_samples).")
 flags.DEFINE_integer("sample_seed", None, "sample: PRNG seed (default derived from the config).")
+flags.DEFINE_string("official_checkpoint", None, "eval/sample: a checkpoint of the official VDM "
+                    "code (ckpt-<n>.flax, or the folder holding it) instead of the workdir's; "
+                    "--config must describe its model (e.g. configs/cifar10_paper.py).")
 flags.DEFINE_bool("multihost", False, "Several processes, found by JAX's auto-detection (TPU "
                   "pods, SLURM, Open MPI).")
 flags.DEFINE_string("coordinator_address", None, "Several processes: host:port of process 0 "
@@ -78,6 +85,8 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
 
+  if FLAGS.official_checkpoint is not None and FLAGS.mode == "train":
+    raise app.UsageError("--official_checkpoint is for --mode=eval and --mode=sample.")
   config = FLAGS.config
   if config is None:
     if FLAGS.mode == "train":
@@ -92,13 +101,19 @@ def main(argv):
       print(f"step {result['step']}: stopped by SIGTERM after saving a checkpoint; the same "
             "command resumes it.")
   elif FLAGS.mode == "eval":
-    record = training.evaluate_checkpoint(spec, FLAGS.workdir, FLAGS.checkpoint_step)
+    record = training.evaluate_checkpoint(spec, FLAGS.workdir, FLAGS.checkpoint_step,
+                                          official_checkpoint=FLAGS.official_checkpoint)
+    # The bound's terms: recon + prior + diffusion (ELBO) or recon + z0_nll + dequant (ODE).
+    terms = " + ".join(f"{name} {record[f'eval/{name}_bpd']:.4f}" for name in
+                       ("recon", "prior", "diffusion", "z0_nll", "dequant")
+                       if f"eval/{name}_bpd" in record)
     print(f"step {record['step']}: test bpd {record['eval/bpd']:.4f} +- "
-          f"{record['eval/bpd_se']:.4f} over {record['eval/num_images']} images")
+          f"{record['eval/bpd_se']:.4f} over {record['eval/num_images']} images ({terms})")
     print(json.dumps(record))
   else:
     out = training.sample_checkpoint(spec, FLAGS.workdir, FLAGS.checkpoint_step,
-                                     FLAGS.num_samples, seed=FLAGS.sample_seed)
+                                     FLAGS.num_samples, seed=FLAGS.sample_seed,
+                                     official_checkpoint=FLAGS.official_checkpoint)
     print(f"step {out['step']}: {out['num_samples']} samples in {out['dir']} ({out['written']} "
           f"chunks written, {out['skipped']} already there, {out['images_per_s']:.1f} "
           f"images/s), grid {out['png']}")

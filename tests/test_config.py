@@ -48,6 +48,9 @@ def test_paper_config_is_the_papers_model():
   o = spec.optimizer
   assert (o.lr, o.ema_rate, o.weight_decay, o.grad_clip, o.warmup_steps) == \
       (2e-4, 0.9999, 0.01, 0.0, 100)
+  # The official code's network layout and weight-decay mask.
+  assert (net["cond_scalar_input"], net["attn_key_bias"], net["norm_groups"]) == (True, True, 32)
+  assert o.weight_decay_mask == "all_but_biases"
 
 
 @pytest.mark.parametrize("overrides, error, message", [
@@ -73,17 +76,32 @@ def test_paper_config_is_the_papers_model():
     ({"training.label_dropout": 0.1}, ValueError,
      r"config.training has no field label_dropout; valid fields: batch_size, checkpoint_every"),
     ({"model.unet": {"ch": 8, "channels": 3}}, ValueError,
-     r"config.model.unet has no field channels; valid fields of UNet: attn_resolutions, ch, "),
+     r"config.model.unet has no field channels; valid fields of UNet: attn_key_bias, "
+     r"attn_resolutions, ch, "),
     ({"training.steps_per_call": 0}, ValueError,
      r"config.training.steps_per_call must be an int >= 1, got 0"),
     ({"training.num_steps": -1}, ValueError, r"config.training.num_steps must be an int >= 0"),
     ({"optimizer.ema_rate": 1.0}, ValueError,
      r"config.optimizer.ema_rate must be a finite number in \[0.0, 1.0\), got 1.0"),
     ({"optimizer.lr": 0.0}, ValueError, r"config.optimizer.lr must be a finite number in \(0.0"),
+    ({"optimizer.weight_decay_mask": "all"}, ValueError,
+     r"config.optimizer.weight_decay_mask must be one of 'kernels', 'all_but_biases'; got 'all'"),
     ({"eval.num_time_samples": 0}, ValueError, r"config.eval.num_time_samples must be an int >= 1"),
     ({"eval.max_batches": 0}, ValueError, r"config.eval.max_batches must be an int >= 1 or None"),
     ({"sampling.sampler": "euler"}, ValueError,
-     r"config.sampling.sampler must be one of 'ancestral', 'ddim'; got 'euler'"),
+     r"config.sampling.sampler must be one of 'ancestral', 'ddim', 'ode'; got 'euler'"),
+    ({"sampling.sampler": "ode", "sampling.eta": 0.0}, ValueError,
+     r"config.sampling: sampler='ode' takes no eta"),
+    ({"sampling.rtol": 0.0}, ValueError,
+     r"config.sampling.rtol must be a finite number in \(0.0, 1.0\), got 0.0"),
+    ({"sampling.atol": 1.0}, ValueError, r"config.sampling.atol must be a finite number in"),
+    ({"eval.method": "flow"}, ValueError,
+     r"config.eval.method must be one of 'elbo', 'ode'; got 'flow'"),
+    ({"eval.trace": "full"}, ValueError,
+     r"config.eval.trace must be one of 'exact', 'hutchinson'; got 'full'"),
+    ({"eval.rtol": -1e-3}, ValueError, r"config.eval.rtol must be a finite number in \(0.0"),
+    ({"eval.method": "ode", "eval.T": 10}, ValueError,
+     r"config.eval.T=10 sets the ELBO's time discretisation: method='ode' takes none"),
     ({"sampling.eta": 0.5}, ValueError, r"config.sampling: sampler='ancestral' always uses eta=1"),
     ({"sampling.T": 0}, ValueError, r"config.sampling.T must be an int >= 1"),
     ({"sampling.guidance_weight": 1.0}, ValueError,
@@ -107,6 +125,23 @@ def test_missing_group_and_missing_field():
     config_lib.resolve(config)
 
 
+@pytest.mark.parametrize("group,fields", [
+    ("optimizer", ("weight_decay_mask",)),
+    ("eval", ("method", "trace", "rtol", "atol")),
+    ("sampling", ("per_device_batch", "rtol", "atol")),
+])
+def test_a_config_saved_before_the_newer_fields_resolves_with_their_defaults(group, fields):
+  """A run's config.json written before these fields existed: each resolves to the spec's
+  default, which is also base.py's value."""
+  config = tiny_config()
+  defaults = base.get_config()[group]
+  for name in fields:
+    del config[group][name]
+  resolved = getattr(config_lib.resolve(config), group)
+  for name in fields:
+    assert getattr(resolved, name) == defaults[name], name
+
+
 def test_network_fields_default_to_the_networks_own():
   config = tiny_config()
   config.model.unet = {"ch": 8, "ch_mult": (1, 2), "attn_resolutions": ()}
@@ -119,3 +154,14 @@ def test_specs_are_frozen():
   spec = config_lib.resolve(tiny_config())
   with pytest.raises(dataclasses.FrozenInstanceError):
     spec.training.num_steps = 5
+
+
+def test_sampler_kwargs_give_each_sampler_its_own_arguments():
+  chain = config_lib.resolve(tiny_config(**{"sampling.sampler": "ddim", "sampling.eta": 0.5}))
+  assert chain.sampling.sampler_kwargs() == {"sampler": "ddim", "T": chain.sampling.T,
+                                             "eta": 0.5}
+  flow = config_lib.resolve(tiny_config(**{"sampling.sampler": "ode", "sampling.rtol": 1e-3,
+                                           "eval.method": "ode"}))
+  assert flow.sampling.sampler_kwargs() == {"sampler": "ode", "rtol": 1e-3,
+                                            "atol": flow.sampling.atol}
+  assert flow.eval.method == "ode" and flow.eval.trace == "hutchinson"

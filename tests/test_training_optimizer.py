@@ -45,6 +45,37 @@ def test_weight_decay_applies_only_where_masked():
   np.testing.assert_array_equal(updates[model_lib.SCHEDULE_SCOPE]["w"]["kernel"], 0.0)
 
 
+def test_all_but_biases_mask_is_the_official_one():
+  """weight_decay_mask='all_but_biases' (the official VDM mask): every leaf but the biases
+  decays, norm scales and the schedule's parameters included."""
+  model = config_lib.resolve(tiny_config(**{"model.schedule": "learned_linear"})).model.build()
+  params = jax.eval_shape(lambda: model_lib.init_variables(model, jax.random.PRNGKey(0)))
+  mask = training.decay_mask(params["params"], "all_but_biases")
+  flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(mask)}
+  scope = model_lib.SCHEDULE_SCOPE
+  assert flat[f"['{scope}']['endpoints']['gamma_min']"] is True
+  assert flat[f"['{scope}']['endpoints']['log_range']"] is True
+  assert all(v is (not k.endswith("['bias']")) for k, v in flat.items())
+  assert any(k.endswith("['scale']") for k, v in flat.items() if v)
+  with pytest.raises(ValueError, match=r"weight decay mask must be one of \('kernels', "
+                     r"'all_but_biases'\), got 'everything'"):
+    training.decay_mask(params["params"], "everything")
+
+
+def test_all_but_biases_decays_the_schedule():
+  params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))},
+            model_lib.SCHEDULE_SCOPE: {"w": {"kernel": jnp.ones((2, 2))}},
+            "norm": {"scale": jnp.ones((2,))}}
+  opt = training.make_optimizer(spec(lr=0.1, weight_decay=0.5,
+                                     weight_decay_mask="all_but_biases"), 10)
+  zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+  updates, _ = opt.update(zero, opt.init(params), params)
+  for leaf in (updates["dense"]["kernel"], updates[model_lib.SCHEDULE_SCOPE]["w"]["kernel"],
+               updates["norm"]["scale"]):
+    np.testing.assert_allclose(leaf, -0.1 * 0.5, rtol=1e-6)
+  np.testing.assert_array_equal(updates["dense"]["bias"], 0.0)
+
+
 def test_learning_rate_warmup_and_decay():
   for decay, end in (("none", 1e-3), ("linear", 0.0), ("cosine", 0.0)):
     lr = training.learning_rate_schedule(spec(warmup_steps=10, decay=decay), 110)

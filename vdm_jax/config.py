@@ -26,10 +26,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from vdm_jax import data, parallel, sampling
+from vdm_jax import data, evaluation, ode, parallel, sampling
 from vdm_jax import model as model_lib
 
 DECAYS = ("none", "linear", "cosine")
+# Which parameters weight decay applies to (`training.optimizer.decay_mask`).
+WEIGHT_DECAY_MASKS = ("kernels", "all_but_biases")
 DTYPES = ("float32", "bfloat16")
 # Network attributes that come from the model group, not from the network's own sub-group.
 _NETWORK_ATTRS_FROM_MODEL = ("num_classes", "dtype", "parent", "name")
@@ -78,7 +80,12 @@ class ModelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
-  """AdamW with warm-up and decay, clipping, EMA: see `training.optimizer`."""
+  """AdamW with warm-up and decay, clipping, EMA: see `training.optimizer`.
+
+  weight_decay_mask: 'kernels' (kernels and embeddings) or 'all_but_biases' (also norm scales
+  and the noise schedule's parameters, as the official VDM code). Its default here is the one
+  default of the field: a config written before the field existed resolves with it.
+  """
   lr: float
   warmup_steps: int
   decay: str
@@ -88,6 +95,7 @@ class OptimizerSpec:
   b1: float
   b2: float
   eps: float
+  weight_decay_mask: str = "kernels"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,24 +116,41 @@ class LoopSpec:
 @dataclasses.dataclass(frozen=True)
 class EvalSpec:
   """Test-set bpd: global batch, time samples per image, T (None: the model's), max_batches
-  (None: the whole split)."""
+  (None: the whole split); method "elbo" | "ode" (the bound `--mode=eval` reports; the training
+  loop's periodic evals are always the ELBO) and the ODE bound's trace, rtol, atol
+  (`evaluation.evaluate`). The fields with a default here were added after the others: a
+  run's config.json written before them resolves with these defaults (base.py uses them too)."""
   batch_size: int
   num_time_samples: int
   T: int | None
   max_batches: int | None
+  method: str = "elbo"
+  trace: str = "hutchinson"
+  rtol: float = ode.RTOL
+  atol: float = ode.ATOL
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSpec:
   """Sampling: `sampling.sample_model` settings (eta None: the sampler's default);
   num_samples for the training run's grids and --mode=sample, which draws them in chunks of
-  per_device_batch images per device."""
+  per_device_batch images per device; rtol and atol for the "ode" sampler. The fields with a
+  default were added after the others (see EvalSpec)."""
   sampler: str
   T: int
   num_samples: int
   eta: float | None
   guidance_weight: float
-  per_device_batch: int
+  per_device_batch: int = 64
+  rtol: float = ode.RTOL
+  atol: float = ode.ATOL
+
+  def sampler_kwargs(self) -> dict:
+    """The sampler's arguments of `sampling.sample_model`: T and eta for a chain sampler,
+    rtol and atol for "ode"."""
+    if sampling.is_chain(self.sampler):
+      return {"sampler": self.sampler, "T": self.T, "eta": self.eta}
+    return {"sampler": self.sampler, "rtol": self.rtol, "atol": self.atol}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,10 +203,15 @@ def _group(config: Any, name: str, spec_cls: type, extra: tuple[str, ...] = ()) 
   if unknown:
     raise ValueError(f"config.{name} has no field {', '.join(unknown)}; valid fields: "
                      f"{', '.join(sorted(fields + list(extra)))}.")
-  missing = [f for f in fields if f not in values]
+  # Fields with a default in the spec may be absent (configs saved before they existed).
+  missing = [f.name for f in dataclasses.fields(spec_cls)
+             if f.name in fields and f.name not in values and f.default is dataclasses.MISSING]
   if missing:
     raise ValueError(f"config.{name} lacks {', '.join(missing)}: every field is in "
                      "experiments/configs/base.py; build configs from base.get_config().")
+  for f in dataclasses.fields(spec_cls):
+    if f.name in fields and f.name not in values:
+      values[f.name] = f.default
   return values
 
 
@@ -269,7 +299,10 @@ def _optimizer_spec(config) -> OptimizerSpec:
       grad_clip=_float(w + "grad_clip", g["grad_clip"], 0.0),
       b1=_float(w + "b1", g["b1"], 0.0, 1.0, high_open=True),
       b2=_float(w + "b2", g["b2"], 0.0, 1.0, high_open=True),
-      eps=_float(w + "eps", g["eps"], 0.0, low_open=True))
+      eps=_float(w + "eps", g["eps"], 0.0, low_open=True),
+      weight_decay_mask=_choice(w + "weight_decay_mask",
+                                g["weight_decay_mask"],
+                                WEIGHT_DECAY_MASKS))
 
 
 def _loop_spec(config, num_devices: int, num_processes: int) -> LoopSpec:
@@ -293,7 +326,14 @@ def _eval_spec(config, num_devices: int, num_processes: int) -> EvalSpec:
   spec = EvalSpec(batch_size=_int(w + "batch_size", g["batch_size"], 1),
                   num_time_samples=_int(w + "num_time_samples", g["num_time_samples"], 1),
                   T=_int(w + "T", g["T"], 0, allow_none=True),
-                  max_batches=_int(w + "max_batches", g["max_batches"], 1, allow_none=True))
+                  max_batches=_int(w + "max_batches", g["max_batches"], 1, allow_none=True),
+                  method=_choice(w + "method", g["method"], evaluation.METHODS),
+                  trace=_choice(w + "trace", g["trace"], ode.TRACES),
+                  rtol=_float(w + "rtol", g["rtol"], 0.0, 1.0, low_open=True, high_open=True),
+                  atol=_float(w + "atol", g["atol"], 0.0, 1.0, low_open=True, high_open=True))
+  if spec.method == "ode" and spec.T is not None:
+    raise ValueError(f"{w}T={spec.T} sets the ELBO's time discretisation: method='ode' takes "
+                     "none (set config.eval.T=None).")
   parallel.check_batch_size(spec.batch_size, num_devices, num_processes, w + "batch_size")
   return spec
 
@@ -307,7 +347,9 @@ def _sampling_spec(config, model_spec: ModelSpec) -> SamplingSpec:
       num_samples=_int(w + "num_samples", g["num_samples"], 1),
       eta=_float(w + "eta", g["eta"], 0.0, 1.0, allow_none=True),
       guidance_weight=_float(w + "guidance_weight", g["guidance_weight"], 0.0),
-      per_device_batch=_int(w + "per_device_batch", g["per_device_batch"], 1))
+      per_device_batch=_int(w + "per_device_batch", g["per_device_batch"], 1),
+      rtol=_float(w + "rtol", g["rtol"], 0.0, 1.0, low_open=True, high_open=True),
+      atol=_float(w + "atol", g["atol"], 0.0, 1.0, low_open=True, high_open=True))
   try:
     sampling.resolve_eta(spec.sampler, spec.eta)
   except ValueError as e:

@@ -12,6 +12,7 @@ ones). Any field can be overridden on the command line (--config.<group>.<field>
 import ml_collections
 
 from vdm_jax import schedules
+from vdm_jax.config import EvalSpec, OptimizerSpec, SamplingSpec
 
 placeholder = ml_collections.config_dict.placeholder
 
@@ -27,11 +28,14 @@ def get_config() -> ml_collections.ConfigDict:
       # nets.UNet attributes (num_classes and dtype come from this group).
       unet=dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
                 dropout=0.1, with_fourier_features=False, fourier_freqs=(6, 7),
-                input_skip=False, remat=False),
+                input_skip=False, remat=False, cond_scalar_input=False, attn_key_bias=False,
+                norm_groups=0),
       # nets.VDMScoreNet attributes: the paper's CIFAR-10 network.
       vdm_unet=dict(n_embd=128, n_layer=32, with_fourier_features=True, fourier_freqs=(6, 7),
                     with_attention=False, dropout=0.1, input_skip=True, remat=False,
-                    scan=True, fast_conv_grad=True),
+                    scan=True, fast_conv_grad=True,
+                    # The official code's layout: True, True, 32 (see nets.VDMScoreNet).
+                    cond_scalar_input=False, attn_key_bias=False, norm_groups=0),
       image_shape=(28, 28, 1),      # (H, W, C): must match the dataset
       vocab_size=256,               # values per dimension (8-bit data)
       schedule="learned_linear",    # a key of vdm_jax.schedules.SCHEDULES
@@ -61,7 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
       lr=2e-4,                      # peak learning rate
       warmup_steps=1000,            # linear warm-up from lr / warmup_steps
       decay="none",                 # after warm-up: none | linear | cosine (to 0 at num_steps)
-      weight_decay=0.01,            # AdamW's, on kernels and embeddings only
+      weight_decay=0.01,            # AdamW's, on the parameters weight_decay_mask selects
+      # kernels (kernels and embeddings) | all_but_biases (also norm scales and the schedule)
+      weight_decay_mask=OptimizerSpec.weight_decay_mask,
       ema_rate=0.9999,              # EMA of the parameters (evaluated and sampled)
       grad_clip=1.0,                # global-norm clipping; 0 = off
       b1=0.9, b2=0.99, eps=1e-8,    # Adam's moments and epsilon
@@ -71,13 +77,21 @@ def get_config() -> ml_collections.ConfigDict:
       num_time_samples=1,           # (t, noise) draws per test image
       T=placeholder(int),           # None: the model's T; 0: continuous time; else discrete
       max_batches=placeholder(int),  # None: the whole test split; else its first batches only
+      method=EvalSpec.method,       # --mode=eval's bound: elbo | ode (probability-flow ODE;
+                                    # training runs' periodic evals are always the ELBO)
+      trace=EvalSpec.trace,         # ode: divergence by hutchinson (one probe) | exact (small D)
+      rtol=EvalSpec.rtol,           # ode: the solver's relative tolerance
+      atol=EvalSpec.atol,           # ode: the solver's absolute tolerance
   )
   c.sampling = dict(
-      sampler="ancestral",          # ancestral | ddim
-      T=1000,                       # reverse steps
+      sampler="ancestral",          # ancestral | ddim | ode (probability-flow ODE, adaptive)
+      T=1000,                       # reverse steps (ancestral, ddim)
       num_samples=64,               # images in each sample grid
       eta=placeholder(float),       # None: the sampler's own (ancestral 1, ddim 0)
       guidance_weight=0.0,          # classifier-free guidance (class-conditional models)
-      per_device_batch=64,          # --mode=sample: images per device per chunk (bounds memory)
+      # --mode=sample: images per device per chunk (bounds memory)
+      per_device_batch=SamplingSpec.per_device_batch,
+      rtol=SamplingSpec.rtol,       # ode: the solver's relative tolerance
+      atol=SamplingSpec.atol,       # ode: the solver's absolute tolerance
   )
   return c

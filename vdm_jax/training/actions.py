@@ -38,10 +38,15 @@ def sample_key(seed: int) -> jax.Array:
 
 def evaluate_params(model: model_lib.VDM, params, spec: EvalSpec,
                     test_split: tuple[np.ndarray, np.ndarray], mesh: jax.sharding.Mesh,
-                    key: jax.Array) -> dict:
+                    key: jax.Array, *, method: str = "elbo") -> dict:
   """Test-set bpd of `params` (`evaluation.evaluate`), with 'eval/'-prefixed keys: eval/bpd,
   eval/bpd_se, eval/recon_bpd, eval/prior_bpd, eval/diffusion_bpd, eval/num_images,
   eval/num_time_samples, eval/T, eval/seconds.
+
+  method: "elbo", or "ode" for the bound through the probability-flow ODE with spec's trace,
+  rtol and atol (keys eval/bpd, eval/bpd_se, eval/recon_bpd, eval/z0_nll_bpd,
+  eval/dequant_bpd, eval/num_evals, ...; see `evaluation.evaluate`). The training loop
+  evaluates the ELBO; `--mode=eval` passes spec.method.
 
   test_split: (images uint8 [N, H, W, C], labels int32 [N]) already in memory
   (`data.load_arrays`); this process reads its shard of each batch.
@@ -54,9 +59,13 @@ def evaluate_params(model: model_lib.VDM, params, spec: EvalSpec,
     num_batches = min(num_batches, spec.max_batches)
   batches = logging_utils.progress_iter(batches, num_batches, "eval", "batch")
   start = time.perf_counter()
-  result = evaluation.evaluate(model, {"params": params}, batches, key, T=spec.T,
+  if method == "ode":
+    kwargs = dict(method="ode", trace=spec.trace, rtol=spec.rtol, atol=spec.atol)
+  else:
+    kwargs = dict(method=method, T=spec.T)
+  result = evaluation.evaluate(model, {"params": params}, batches, key,
                                num_time_samples=spec.num_time_samples,
-                               put_batch=lambda b: parallel.shard_batch(b, mesh))
+                               put_batch=lambda b: parallel.shard_batch(b, mesh), **kwargs)
   out = {f"eval/{k}": v for k, v in result.items()}
   out["eval/seconds"] = time.perf_counter() - start
   return out
@@ -72,11 +81,11 @@ def sample_labels(model: model_lib.VDM, num_samples: int) -> jax.Array | None:
 def sample_params(model: model_lib.VDM, params, spec: SamplingSpec, key: jax.Array,
                   num_samples: int | None = None) -> np.ndarray:
   """`num_samples` (default spec.num_samples) images, int32 [N, H, W, C], drawn by
-  `sampling.sample_model` with the spec's sampler, T, eta and (class-conditional models)
-  guidance weight; labels as `sample_labels`."""
+  `sampling.sample_model` with the spec's sampler (T and eta, or rtol and atol for "ode") and
+  (class-conditional models) guidance weight; labels as `sample_labels`."""
   n = spec.num_samples if num_samples is None else num_samples
   kwargs = {"guidance_weight": spec.guidance_weight} if model.num_classes else {}
-  images = sampling.sample_model(model, {"params": params}, key, n, T=spec.T,
-                                 sampler=spec.sampler, eta=spec.eta,
-                                 labels=sample_labels(model, n), **kwargs)
+  images = sampling.sample_model(model, {"params": params}, key, n,
+                                 labels=sample_labels(model, n), **spec.sampler_kwargs(),
+                                 **kwargs)
   return np.asarray(jax.device_get(images))

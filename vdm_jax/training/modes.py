@@ -1,4 +1,5 @@
-"""Evaluating and sampling a trained run's checkpoint (the CLI's --mode=eval / --mode=sample)."""
+"""Evaluating and sampling a trained run's checkpoint (the CLI's --mode=eval / --mode=sample),
+or a checkpoint of the official VDM code (`official_checkpoint`)."""
 from __future__ import annotations
 
 import json
@@ -41,38 +42,69 @@ def restore_state(spec: RunSpec, workdir: str | Path, step: int | None = None,
   return model, state, int(state.step)
 
 
+def checkpoint_params(spec: RunSpec, workdir: str | Path, step: int | None,
+                      official_checkpoint: str | Path | None, mesh: jax.sharding.Mesh):
+  """(model, EMA params replicated over the mesh, step, name prefix of the outputs) of this
+  run's checkpoint, or of an official VDM checkpoint (a ckpt-<n>.flax file or its folder) for
+  the official-layout model the config describes (e.g. experiments/configs/cifar10_paper.py)."""
+  if official_checkpoint is None:
+    model, state, step = restore_state(spec, workdir, step, mesh)
+    return model, state.ema_params, step, ""
+  if step is not None:
+    raise ValueError("a step selects one of this workdir's checkpoints; an official checkpoint "
+                     "is chosen by its path (a ckpt-<n>.flax file).")
+  from vdm_jax.interop import official
+  config = official.official_model_config(spec.model.build())
+  model, variables, meta = official.load_checkpoint(official_checkpoint, config,
+                                                    image_shape=spec.model.image_shape)
+  logger.info("official checkpoint %s (step %d, %s)", meta["path"], meta["step"], meta["params"])
+  params = jax.device_put(variables["params"], parallel.replicated(mesh))
+  return model, params, meta["step"], "official_"
+
+
 def evaluate_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None = None, *,
-                        mesh: jax.sharding.Mesh | None = None) -> dict:
-  """Test-set bpd of a checkpoint's EMA parameters, with the same key as the run's own evals.
+                        mesh: jax.sharding.Mesh | None = None,
+                        official_checkpoint: str | Path | None = None) -> dict:
+  """Test-set bpd of a checkpoint's EMA parameters, with the same key as the run's own evals,
+  by spec.eval.method (the ELBO or the ODE bound).
   Writes `<workdir>/eval_step_<step>.json` (metrics.jsonl stays the training run's history, so
-  this can run beside it); returns the record."""
+  this can run beside it); returns the record. With `official_checkpoint`, that checkpoint
+  (`checkpoint_params`) instead, written to `<workdir>/eval_official_step_<step>.json`."""
   mesh = parallel.make_mesh() if mesh is None else mesh
   test_split = data.load_arrays(spec.data.name, "test", spec.data.data_dir)
   actions.check_values_fit(spec, "test", test_split[0])
-  model, state, step = restore_state(spec, workdir, step, mesh)
-  result = actions.evaluate_params(model, state.ema_params, spec.eval, test_split, mesh,
-                                   actions.eval_key(spec.training.seed))
+  model, params, step, prefix = checkpoint_params(spec, workdir, step, official_checkpoint, mesh)
+  result = actions.evaluate_params(model, params, spec.eval, test_split, mesh,
+                                   actions.eval_key(spec.training.seed),
+                                   method=spec.eval.method)
   record = {"step": step, "time": round(time.time(), 3), "mode": "eval", **result}
+  if official_checkpoint is not None:
+    record["checkpoint"] = str(official_checkpoint)
   if jax.process_index() == 0:
-    (Path(workdir) / f"eval_step_{step}.json").write_text(json.dumps(record, indent=2) + "\n")
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    (Path(workdir) / f"eval_{prefix}step_{step}.json").write_text(
+        json.dumps(record, indent=2) + "\n")
   return record
 
 
 def sample_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None = None,
                       num_samples: int | None = None, *, seed: int | None = None,
-                      mesh: jax.sharding.Mesh | None = None) -> dict:
+                      mesh: jax.sharding.Mesh | None = None,
+                      official_checkpoint: str | Path | None = None) -> dict:
   """Samples a checkpoint's EMA parameters over every device of every process, in chunks of
   spec.sampling.per_device_batch images per device (`sample_shards.write_shards`): shard files
   in `<workdir>/samples_step_<step>/` (a rerun completes what is missing) and a grid of the
   first samples in `<workdir>/samples_step_<step>.png`. num_samples None: spec.sampling's.
-  seed None uses the run's own sample key. Returns the paths, the step and the counts."""
+  seed None uses the run's own sample key. Returns the paths, the step and the counts.
+  With `official_checkpoint`, that checkpoint (`checkpoint_params`), into
+  `<workdir>/samples_official_step_<step>/` and `.png`."""
   mesh = parallel.make_mesh() if mesh is None else mesh
-  model, state, step = restore_state(spec, workdir, step, mesh)
+  model, params, step, prefix = checkpoint_params(spec, workdir, step, official_checkpoint, mesh)
   key = actions.sample_key(spec.training.seed) if seed is None else jax.random.PRNGKey(seed)
   n = spec.sampling.num_samples if num_samples is None else int(num_samples)
-  out_dir = Path(workdir) / f"samples_step_{step}"
-  png = Path(workdir) / f"samples_step_{step}.png"
-  stats = sample_shards.write_shards(model, {"params": state.ema_params}, spec.sampling, key,
+  out_dir = Path(workdir) / f"samples_{prefix}step_{step}"
+  png = Path(workdir) / f"samples_{prefix}step_{step}.png"
+  stats = sample_shards.write_shards(model, {"params": params}, spec.sampling, key,
                                      mesh, out_dir, n,
                                      per_device_batch=spec.sampling.per_device_batch,
                                      grid_path=png)

@@ -4,7 +4,9 @@
     lr = learning_rate(opt_state)                            # the rate the last update used
 
 Weight decay applies to kernels and embeddings only: not to biases, norm scales, or the noise
-schedule's parameters (found under `model.SCHEDULE_SCOPE`).
+schedule's parameters (found under `model.SCHEDULE_SCOPE`); `weight_decay_mask='all_but_biases'`
+extends it to every parameter but the biases, as the official VDM code does (its mask exempts
+only biases and LayerNorm scales, and VDM has no LayerNorm).
 """
 from __future__ import annotations
 
@@ -17,16 +19,24 @@ import jax.numpy as jnp
 import optax
 
 from vdm_jax import model as model_lib
-from vdm_jax.config import OptimizerSpec
+from vdm_jax.config import WEIGHT_DECAY_MASKS, OptimizerSpec
 
 PyTree = Any
 
 
-def decay_mask(params: PyTree) -> PyTree:
-  """True for the leaves that get weight decay: every leaf but biases, norm scales and anything
-  under the schedule's scope."""
+def decay_mask(params: PyTree, which: str = OptimizerSpec.weight_decay_mask) -> PyTree:
+  """True for the leaves that get weight decay.
+
+  which: 'kernels': every leaf but biases, norm scales and anything under the schedule's scope;
+    'all_but_biases': every leaf not named 'bias' (norm scales and the schedule included).
+  """
+  if which not in WEIGHT_DECAY_MASKS:
+    raise ValueError(f"weight decay mask must be one of {WEIGHT_DECAY_MASKS}, got {which!r}.")
+
   def decays(path, _):
     names = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
+    if which == "all_but_biases":
+      return names[-1] != "bias"
     return model_lib.SCHEDULE_SCOPE not in names and names[-1] not in ("bias", "scale")
   return jax.tree_util.tree_map_with_path(decays, params)
 
@@ -49,7 +59,7 @@ def learning_rate_schedule(spec: OptimizerSpec, num_steps: int) -> optax.Schedul
 
 def make_optimizer(spec: OptimizerSpec, num_steps: int) -> optax.GradientTransformation:
   """Clipping by global norm (`grad_clip`; 0 = off), then AdamW on `learning_rate_schedule`
-  with `decay_mask`. The learning rate is injected (`optax.inject_hyperparams`) so the state
+  with `decay_mask` (`weight_decay_mask`). The learning rate is injected (`optax.inject_hyperparams`) so the state
   records the rate of each update; the clipping stage is always present so that turning it on
   or off keeps the state's structure. Memoised: equal settings give the same object, so the
   compiled train step is reused."""
@@ -63,7 +73,8 @@ def _make(spec: OptimizerSpec, num_steps: int) -> optax.GradientTransformation:
   adamw = optax.inject_hyperparams(
       optax.adamw, static_args=("b1", "b2", "eps", "weight_decay", "mask"))(
           learning_rate=learning_rate_schedule(spec, num_steps), b1=spec.b1, b2=spec.b2,
-          eps=spec.eps, weight_decay=spec.weight_decay, mask=decay_mask)
+          eps=spec.eps, weight_decay=spec.weight_decay,
+          mask=functools.partial(decay_mask, which=spec.weight_decay_mask))
   return optax.chain(optax.clip_by_global_norm(max_norm), adamw)
 
 

@@ -57,8 +57,7 @@ def _chunk_fn(model, spec: SamplingSpec, mesh, chunk_size: int):
   kwargs = {"guidance_weight": spec.guidance_weight} if model.num_classes else {}
 
   def draw(variables, key, labels):
-    return sampling.sample_model(model, variables, key, chunk_size, T=spec.T,
-                                 sampler=spec.sampler, eta=spec.eta,
+    return sampling.sample_model(model, variables, key, chunk_size, **spec.sampler_kwargs(),
                                  labels=labels if model.num_classes else None, **kwargs)
 
   return jax.jit(draw, in_shardings=(parallel.replicated(mesh), None, rows), out_shardings=rows)
