@@ -10,6 +10,8 @@
 #      (images/s, compile, model TFLOP/s, MFU: benchmarks/bench.py);
 #   2. small network (1.3M), batch 128: train step; reverse-chain seconds per step (16 images);
 #   3. the quickstart main job, end to end (the README's command): wall seconds and test bpd;
+#      then its checkpoint on the first 1000 test images: the ELBO and the bound through the
+#      probability-flow ODE (rtol = atol = 1e-3), each in bpd +- s.e.;
 #   4. fashion_mnist.py for a fixed budget of $VDM_SUITE_STEPS steps (default 3000) in float32 and
 #      in bfloat16, each ending with the whole test set's bpd +- s.e.
 # No network is needed: bench.py uses random images; the training runs read Fashion-MNIST from
@@ -86,18 +88,31 @@ EOF
   fi
 }
 
+evaluate() {  # evaluate <label> <workdir> <experiments.train arguments...>: --mode=eval's record
+  local label=$1 workdir=$2; shift 2
+  local t0=$(date +%s.%N) line
+  if line=$(python3 -m experiments.train --mode=eval --workdir="$workdir" "$@" 2> "$workdir.eval.log" | tail -n 1); then
+    local t1=$(date +%s.%N)
+    note "$label" "$(python3 -c 'import json, sys; r = json.loads(sys.argv[1]); r["command"] = sys.argv[2]; r["wall_s"] = round(float(sys.argv[4]) - float(sys.argv[3]), 1); print(json.dumps(r))' "$line" "python -m experiments.train --mode=eval --workdir=$workdir $*" "$t0" "$t1")"
+  else
+    note "$label" "{\"error\": \"experiments.train --mode=eval failed\"}"
+  fi
+}
+
 if [ -n "${VDM_SUITE_TINY:-}" ]; then
   # Toy sizes: checks that every step runs and records, in a few minutes on a CPU.
   paper=(--config=paper --batch_size=2 --steps=1 --warmup=0 --set model.vdm_unet.n_embd=8 --set model.vdm_unet.n_layer=1)
   small=(--config=small --batch_size=4 --steps=1 --warmup=0 --set model.vdm_unet.n_embd=8 --set model.vdm_unet.n_layer=1)
   sample=(--config=small --what=sample --sample_T=2 --sample_batch=2 --sample_repeats=1 --samplers=ancestral --set model.vdm_unet.n_embd=8 --set model.vdm_unet.n_layer=1)
   quick=(--config=experiments/configs/quickstart.py --config.training.num_steps=4 --config.training.checkpoint_every=0 --config.eval.max_batches=1 --config.eval.batch_size=200 --config.sampling.T=2 --config.sampling.num_samples=4)
+  first=(--config.eval.batch_size=4 --config.eval.max_batches=1)
   fm=(--config=experiments/configs/fashion_mnist.py --config.training.num_steps=2 --config.training.batch_size=4 --config.model.unet.ch=8 --config.model.unet.attn_resolutions=\(\) --config.eval.max_batches=1 --config.eval.batch_size=100 --config.eval.num_time_samples=1 --config.sampling.T=2 --config.sampling.num_samples=4 --config.training.sample_every=0 --config.training.checkpoint_every=0)
 else
   paper=(--config=paper --batch_size=128 --remat=false --steps=10 --warmup=2)
   small=(--config=small --batch_size=128 --remat=false --steps=20 --warmup=2)
   sample=(--config=small --what=sample --sample_T=100 --sample_batch=16 --sample_repeats=3)
   quick=(--config=experiments/configs/quickstart.py)
+  first=(--config.eval.batch_size=1000 --config.eval.max_batches=1)
   fm=(--config=experiments/configs/fashion_mnist.py --config.training.num_steps=$steps --config.training.eval_every=0 --config.training.sample_every=0 --config.training.checkpoint_every=0 --config.eval.num_time_samples=1)
 fi
 
@@ -106,6 +121,9 @@ bench paper_train_bfloat16 "${paper[@]}" --dtype=bfloat16
 bench small_train_float32 "${small[@]}"
 bench small_sample "${sample[@]}"
 train quickstart "$work/quickstart" "${quick[@]}"
+evaluate quickstart_elbo_first_1000 "$work/quickstart" "${quick[@]}" "${first[@]}"
+evaluate quickstart_ode_first_1000 "$work/quickstart" "${quick[@]}" "${first[@]}" \
+  --config.eval.method=ode --config.eval.rtol=1e-3 --config.eval.atol=1e-3
 train fashion_mnist_float32 "$work/fm_float32" "${fm[@]}" --config.model.dtype=float32
 train fashion_mnist_bfloat16 "$work/fm_bfloat16" "${fm[@]}" --config.model.dtype=bfloat16
 echo "done: $results"

@@ -5,13 +5,15 @@
 
 Restores the EMA parameters of the run's latest checkpoint (its own `config.json`) and prints
 ONE JSON object with:
-  unsharded  `sampling.sample_model` for one batch of per_device_batch x devices images, jitted,
-             `--repeats` timed calls after a compiling one (median): images/s and images/s
-             per device.
+  unsharded  `sampling.sample_model` for one batch of per_device_batch images on one device
+             (plain `jax.jit`, no mesh), `--repeats` timed calls after a compiling one
+             (median): images/s of that device.
   sharded    `training.sample_shards.write_shards` of `--num_samples` images into a fresh folder
-             (chunks of the same size, every device of every process, files written), after the
-             chunk function was compiled: seconds, images/s and images/s per device.
-  ratio      sharded over unsharded images/s per device (1.0 = no overhead).
+             (chunks of per_device_batch x devices images over every device of every process,
+             files written), after the chunk function was compiled: seconds, images/s and
+             images/s per device.
+  ratio      sharded over unsharded images/s per device (1.0 = no overhead; run it on a quiet
+             machine: the two are timed one after the other).
   peak_rss_mib  this process's peak resident memory (ru_maxrss): bounded by the chunk, so the
              same for 1,000 as for 10,000 samples.
 Several processes: run it on each with the same arguments plus --coordinator_address,
@@ -67,11 +69,11 @@ def main(argv=None) -> dict:
   devices = mesh.devices.size
   chunk = args.per_device_batch * devices
 
-  # One plain batch on every device (no chunking, no files), as `sampling.sample_model` alone.
+  # One device's batch, drawn as `sampling.sample_model` alone (no mesh, no chunks, no files).
   def plain(k):
-    return sampling.sample_model(model, variables, k, chunk, T=sampling_spec.T,
-                                 sampler=sampling_spec.sampler, eta=sampling_spec.eta,
-                                 labels=actions.sample_labels(model, chunk))
+    return sampling.sample_model(model, variables, k, args.per_device_batch,
+                                 **sampling_spec.sampler_kwargs(),
+                                 labels=actions.sample_labels(model, args.per_device_batch))
   plain = jax.jit(plain)
   jax.block_until_ready(plain(key))
   times = []
@@ -79,7 +81,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(plain(jax.random.fold_in(key, r)))
     times.append(time.perf_counter() - t0)
-  unsharded = chunk / statistics.median(times)
+  unsharded = args.per_device_batch / statistics.median(times)
 
   out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="vdm_shards_"))
   # Compile the chunk function first (one chunk into a scratch folder), so both rates exclude it.
@@ -94,11 +96,10 @@ def main(argv=None) -> dict:
       "sampler": sampling_spec.sampler, "num_samples": args.num_samples,
       "per_device_batch": args.per_device_batch, "devices": devices,
       "processes": jax.process_count(), "process": jax.process_index(),
-      "unsharded": {"images_per_s": unsharded, "images_per_s_per_device": unsharded / devices,
-                    "call_s": times},
+      "unsharded": {"images_per_s_per_device": unsharded, "call_s": times},
       "sharded": {"seconds": result["seconds"], "chunks": result["chunks"],
                   "images_per_s": sharded, "images_per_s_per_device": sharded / devices},
-      "ratio": sharded / unsharded,
+      "ratio": sharded / devices / unsharded,
       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "jax": jax.__version__, "device_kind": jax.devices()[0].device_kind,
       "out_dir": str(out_dir / "samples"),
