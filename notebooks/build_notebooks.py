@@ -9,14 +9,33 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = pathlib.Path(__file__).parent
 
-COLAB_SETUP = '''\
-# In Colab: install vdm_jax from its repository (a GPU/TPU runtime is used when present).
-import sys
-if "google.colab" in sys.modules:
-  %pip install -q "vdm_jax[tfds] @ git+https://github.com/vdm-jax/vdm_jax.git"
+# The first code cell of every notebook: vdm_jax from the one source named at its top (or the
+# environment variable of that name, which the tests set), then the devices JAX found.
+INSTALL = '''\
+# Where vdm_jax is installed from, with pip: a git URL of your copy of the repository
+# ("git+https://<host>/<you>/vdm_jax.git") or the path of a checkout. Not needed where
+# vdm_jax is already importable. An environment variable VDM_JAX_SOURCE overrides it.
+VDM_JAX_SOURCE = ""
+
+import importlib
+import importlib.util
 import os
+import subprocess
+import sys
+VDM_JAX_SOURCE = os.environ.get("VDM_JAX_SOURCE", VDM_JAX_SOURCE)
+if importlib.util.find_spec("vdm_jax") is None:
+  if not VDM_JAX_SOURCE:
+    raise RuntimeError(
+        "vdm_jax is not installed. Set VDM_JAX_SOURCE at the top of this cell to a git URL of "
+        "your copy of the repository (git+https://...) or to the path of a checkout, then run "
+        "this cell again.")
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", VDM_JAX_SOURCE], check=True)
+  importlib.invalidate_caches()   # let this running kernel see the new package
 import jax
+print("vdm_jax:", importlib.util.find_spec("vdm_jax").origin)
+# JAX takes a GPU or TPU when the runtime has one (Colab: Runtime > Change runtime type).
 print("JAX devices:", jax.devices())
+# Datasets are downloaded once into ~/.cache/vdm_jax (README, "Data").
 # The tests execute this notebook with small settings; a person gets the full ones.
 FAST = os.environ.get("VDM_NOTEBOOK_FAST", "0") == "1"'''
 
@@ -26,8 +45,10 @@ TOUR = [
 
 Every formula below is computed by a library function, named next to it. Notation
 (Kingma, Salimans, Poole & Ho, 2021): data x in (-1, 1), a noise schedule gamma(t) = log(sigma_t^2 / alpha_t^2)
-increasing on t in [0, 1], variance preserving: alpha_t^2 = sigmoid(-gamma_t), sigma_t^2 = sigmoid(gamma_t).'''),
-    new_code_cell(COLAB_SETUP),
+increasing on t in [0, 1], variance preserving: alpha_t^2 = sigmoid(-gamma_t), sigma_t^2 = sigmoid(gamma_t).
+
+In Colab, set `VDM_JAX_SOURCE` at the top of the first code cell to where vdm_jax is installed from.'''),
+    new_code_cell(INSTALL),
     new_code_cell('''\
 import math
 import jax.numpy as jnp
@@ -153,8 +174,9 @@ TRAIN = [
 [Open in Colab](https://colab.research.google.com/) with a GPU runtime for the full setting; on a laptop CPU the
 quickstart network trains in about ten minutes. This notebook trains a *class-conditional* model
 (labels are dropped 10% of the time, so the same network is also unconditional), then shows the bpd
-curve, samples, a denoising trajectory, classifier-free guidance and inpainting.'''),
-    new_code_cell(COLAB_SETUP),
+curve, samples, a denoising trajectory, classifier-free guidance and inpainting. First set `VDM_JAX_SOURCE` at
+the top of the first code cell to where vdm_jax is installed from; Fashion-MNIST is downloaded on first use.'''),
+    new_code_cell(INSTALL),
     new_code_cell('''\
 import tempfile
 import jax.numpy as jnp

@@ -127,6 +127,8 @@ def test_missing_data_names_places_and_remedy(tmp_path):
   for part in ("Dataset 'cifar10' split 'train' was not found", "data_batch_1.bin",
                "data_batch_5.bin", str(tmp_path / "cifar-10-batches-bin"),
                "and in tensorflow-datasets: not ", "cifar-10-binary.tar.gz", "VDM_DATA_DIR",
+               "Download: not tried, VDM_DATA_OFFLINE=1 is set; it fetches\n    https://www."
+               "cs.toronto.edu/~kriz/cifar-10-binary.tar.gz  (sha256 c4a38c50a1bc5f3a1c5537f21",
                f"tfds build cifar10 --file_format=array_record --data_dir {tmp_path}"):
     assert part in message, part
 

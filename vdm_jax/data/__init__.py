@@ -1,4 +1,4 @@
-"""Datasets as numpy uint8 batches, from local files or tensorflow-datasets.
+"""Datasets as numpy uint8 batches, from local files, tensorflow-datasets or a download.
 
 Every source gives the same arrays: images uint8 [N, H, W, C], upright, and labels int32 [N] in
 [0, num_classes). Batches are dicts of numpy arrays::
@@ -22,8 +22,9 @@ Sources, first found wins:
 
 1. Local files in their standard distribution formats, searched in ``data_dir``, then in the
    ``VDM_DATA_DIR`` environment variable, then in system folders (Debian's ``dataset-fashion-mnist``
-   package: /usr/share/datasets/fashion-mnist). In each of those folders the dataset's own
-   subfolders are searched first, then the folder itself:
+   package: /usr/share/datasets/fashion-mnist; skipped with ``VDM_DATA_NO_SYSTEM_DIRS=1``), then
+   in the download cache (3.). In each of those folders the dataset's own subfolders are searched
+   first, then the folder itself:
 
    - MNIST / Fashion-MNIST: ``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``,
      ``t10k-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte.gz`` (also un-gzipped), in
@@ -41,7 +42,13 @@ Sources, first found wins:
 2. tensorflow-datasets, imported lazily, reading a dataset that is already prepared in
    ``data_dir`` (or tfds's default folder): random-access formats (``array_record``) are read
    without TensorFlow; a dataset prepared as ``tfrecord`` needs TensorFlow installed. Nothing is
-   ever downloaded here.
+   downloaded through tfds.
+3. A download of the published files (``DatasetSpec.downloads``: MNIST's and Fashion-MNIST's four
+   IDX .gz files, EMNIST's ``gzip.zip``, CIFAR-10's ``cifar-10-binary.tar.gz``), each checked
+   against its sha256 and kept in ``VDM_DATA_CACHE`` (default ``~/.cache/vdm_jax``), so it
+   happens once. ``VDM_DATA_MIRROR=<base URL>`` fetches ``<base URL>/<dataset>/<file name>``
+   instead (``<dataset>``: ``mnist``, ``fashion_mnist``, ``emnist``, ``cifar10``);
+   ``VDM_DATA_OFFLINE=1`` never downloads. ``vdm_jax.data.download`` has the details.
 
 Conventions applied to every source:
 
@@ -70,6 +77,8 @@ it, and its files are searched like the built-in ones. For KMNIST's .npz files::
   it = data.get_dataset("kmnist", "train", 128, data_dir="/data")
 
 The built-in formats are readers of the same kind: ``read_idx_split`` and ``read_cifar10_split``.
+Give the spec ``downloads=(data.RemoteFile(url, sha256), ...)`` and ``download_dir=`` to have its
+files fetched like the built-in ones.
 """
 from vdm_jax.data.batches import eval_batches, get_dataset, train_batches
 from vdm_jax.data.formats import (
@@ -83,6 +92,7 @@ from vdm_jax.data.formats import (
 from vdm_jax.data.registry import (
     SPLITS,
     DatasetSpec,
+    RemoteFile,
     dataset_info,
     dataset_names,
     get_spec,
@@ -94,6 +104,7 @@ __all__ = [
     "DatasetSpec",
     "IDX_IMAGES_MAGIC",
     "IDX_LABELS_MAGIC",
+    "RemoteFile",
     "SPLITS",
     "dataset_info",
     "dataset_names",

@@ -1,13 +1,15 @@
 """The datasets known by name: ``DatasetSpec``, the built-in specs and the registry.
 
 A spec says what is known about a dataset before reading it: image shape, classes, split sizes,
-the files of each split and the reader that parses them. ``register_dataset`` adds a spec under a
-new name; ``get_spec`` and ``dataset_info`` look one up without reading any data.
+the files of each split, the reader that parses them and where they are published (``RemoteFile``:
+URL and sha256). ``register_dataset`` adds a spec under a new name; ``get_spec`` and
+``dataset_info`` look one up without reading any data.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -16,8 +18,10 @@ import numpy as np
 from vdm_jax.data.formats import read_cifar10_split, read_idx_split
 
 __all__ = [
+    "ARCHIVE_SUFFIXES",
     "DatasetSpec",
     "Reader",
+    "RemoteFile",
     "SPLITS",
     "check_split",
     "dataset_info",
@@ -33,7 +37,51 @@ SPLITS = ("train", "test")
 Reader = Callable[[list[Path]], tuple[np.ndarray, np.ndarray]]
 
 
+# Archive formats a RemoteFile may be: zip, tar, gzipped tar (by the end of its name).
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
 # ----------------------------------------------------------------------------- specs
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteFile:
+  """One file of a dataset as its authors publish it.
+
+  Attributes:
+    url: the canonical address (http, https or file). Its last path component is the file's
+      name, in the download cache and on a mirror (``VDM_DATA_MIRROR``).
+    sha256: the file's SHA-256, 64 lower-case hex digits; a download that differs is deleted.
+    archive_dir: None for a file that is itself one of ``DatasetSpec.files``. For an archive
+      (a name ending in one of ``ARCHIVE_SUFFIXES``), the folder inside it that holds the
+      spec's files, e.g. ``"cifar-10-batches-bin"`` (``""``: its top level); they are extracted
+      from it, not the whole archive.
+  """
+
+  url: str
+  sha256: str
+  archive_dir: str | None = None
+
+  def __post_init__(self):
+    if not (isinstance(self.url, str) and re.match(r"^(https?|file)://.+/[^/]+$", self.url)):
+      raise ValueError(f"RemoteFile.url must be an http(s) or file address ending in a file "
+                       f"name, got {self.url!r}.")
+    if not (isinstance(self.sha256, str) and _SHA256.match(self.sha256)):
+      raise ValueError(f"RemoteFile.sha256 must be 64 lower-case hex digits, got "
+                       f"{self.sha256!r} for {self.url}.")
+    if self.archive_dir is not None:
+      if not isinstance(self.archive_dir, str) or self.archive_dir.startswith("/"):
+        raise ValueError(f"RemoteFile.archive_dir must be a relative folder inside the archive "
+                         f"or None, got {self.archive_dir!r}.")
+      if not self.name.endswith(ARCHIVE_SUFFIXES):
+        raise ValueError(f"RemoteFile {self.name} has an archive_dir but is not an archive "
+                         f"(names ending in {', '.join(ARCHIVE_SUFFIXES)}).")
+
+  @property
+  def name(self) -> str:
+    """The file name: the last path component of `url`."""
+    return self.url.rsplit("/", 1)[-1]
 
 
 def _as_tuple(value) -> tuple:
@@ -63,6 +111,11 @@ class DatasetSpec:
     tfds_name: the tensorflow-datasets name, or None when tfds does not have the dataset.
     transposed: the source stores images as [N, W, H, C]; they are transposed back.
     label_offset: subtracted from the stored labels (e.g. 1 for labels stored as 1..K).
+    downloads: where the files are published, fetched when no local folder holds a split:
+      either one ``RemoteFile`` per file (named like one spelling of each entry of ``files``)
+      or a single archive holding them all. Empty: never downloaded.
+    download_dir: the dataset's folder in the download cache and on a mirror (e.g. ``"emnist"``
+      for every EMNIST split); required when there are downloads.
   """
 
   shape: tuple[int, int, int]
@@ -76,11 +129,16 @@ class DatasetSpec:
   tfds_name: str | None = None
   transposed: bool = False
   label_offset: int = 0
+  downloads: tuple[RemoteFile, ...] = ()
+  download_dir: str | None = None
 
   def __post_init__(self):
     # Lists and bare strings are accepted where tuples are meant; the lookups rely on tuples.
     object.__setattr__(self, "shape", _as_tuple(self.shape))
     object.__setattr__(self, "subdirs", _as_tuple(self.subdirs))
+    object.__setattr__(self, "downloads",
+                       (self.downloads,) if isinstance(self.downloads, RemoteFile)
+                       else tuple(self.downloads))
     object.__setattr__(self, "files", _normalised_files(self.files))
     _check_spec(self)
 
@@ -119,6 +177,31 @@ def _check_spec(spec: DatasetSpec) -> None:
   if spec.tfds_name is not None and not (isinstance(spec.tfds_name, str) and spec.tfds_name):
     raise ValueError(f"DatasetSpec.tfds_name must be a non-empty string or None, "
                      f"got {spec.tfds_name!r}.")
+  _check_downloads(spec)
+
+
+def _check_downloads(spec: DatasetSpec) -> None:
+  """ValueError unless the downloads provide every file of both splits, and have a folder."""
+  if not spec.downloads:
+    return
+  if not all(isinstance(r, RemoteFile) for r in spec.downloads):
+    raise TypeError(f"DatasetSpec.downloads must be RemoteFile objects, got {spec.downloads!r}.")
+  if not (isinstance(spec.download_dir, str) and spec.download_dir
+          and Path(spec.download_dir).parts == (spec.download_dir,)):
+    raise ValueError(f"DatasetSpec.download_dir must be a folder name (no '/') when there are "
+                     f"downloads, got {spec.download_dir!r}.")
+  archives = [r.name for r in spec.downloads if r.archive_dir is not None]
+  if archives and len(spec.downloads) > 1:
+    raise ValueError(f"DatasetSpec.downloads must be one archive or only plain files, got the "
+                     f"archive {archives[0]} among {[r.name for r in spec.downloads]}.")
+  if archives:
+    return
+  names = {r.name for r in spec.downloads}
+  for split in SPLITS:
+    missing = [entry[0] for entry in spec.files[split] if not names.intersection(entry)]
+    if missing:
+      raise ValueError(f"DatasetSpec.downloads provide no file for {', '.join(missing)} "
+                       f"({split}); they are {', '.join(sorted(names))}.")
 
 
 # ----------------------------------------------------------------------------- built-in datasets
@@ -132,6 +215,45 @@ def _idx_files(prefix: str, train: str, test: str) -> dict[str, tuple[tuple[str,
         for kind in ("images-idx3", "labels-idx1"))
   return {"train": pair(train), "test": pair(test)}
 
+
+def _remote_files(base_url: str, sha256: Mapping[str, str]) -> tuple[RemoteFile, ...]:
+  """One RemoteFile per {file name: sha256}, published under `base_url`."""
+  return tuple(RemoteFile(f"{base_url}/{name}", digest) for name, digest in sha256.items())
+
+
+# The published files and their SHA-256 (the values tensorflow-datasets verifies its downloads
+# against, in its url_checksums; tests/test_data_download.py compares them).
+_MNIST_SHA256 = {
+    "train-images-idx3-ubyte.gz":
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz":
+        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz":
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz":
+        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+_FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte.gz":
+        "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "train-labels-idx1-ubyte.gz":
+        "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "t10k-images-idx3-ubyte.gz":
+        "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "t10k-labels-idx1-ubyte.gz":
+        "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+}
+# MNIST's own host (yann.lecun.com) refuses downloads; this copy serves the same bytes.
+_MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist"
+_FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com"
+_CIFAR10_DOWNLOAD = RemoteFile(
+    "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+    "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
+    archive_dir="cifar-10-batches-bin")
+# All EMNIST splits come in one archive (561753746 bytes).
+_EMNIST_DOWNLOAD = RemoteFile(
+    "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip",
+    "fb9bb67e33772a9cc0b895e4ecf36d2cf35be8b709693c3564cea2a019fcda8e", archive_dir="gzip")
 
 _EMNIST_SIZES = {  # split: (num_classes, num_train, num_test)
     "byclass": (62, 697932, 116323),
@@ -150,12 +272,15 @@ def _builtin_specs() -> dict[str, DatasetSpec]:
           shape=(28, 28, 1), num_classes=10, num_train=60000, num_test=10000,
           tfds_name="mnist", reader=read_idx_split, files=_idx_files("", "train", "t10k"),
           subdirs=("mnist", "MNIST/raw", ""),
-          how_to_get="the four MNIST files from https://yann.lecun.com/exdb/mnist/ (or a mirror)"),
+          downloads=_remote_files(_MNIST_URL, _MNIST_SHA256), download_dir="mnist",
+          how_to_get=f"the four MNIST files from {_MNIST_URL}/ (or any copy of them)"),
       "fashion_mnist": DatasetSpec(
           shape=(28, 28, 1), num_classes=10, num_train=60000, num_test=10000,
           tfds_name="fashion_mnist", reader=read_idx_split,
           files=_idx_files("", "train", "t10k"),
           subdirs=("fashion_mnist", "fashion-mnist", "FashionMNIST/raw", ""),
+          downloads=_remote_files(_FASHION_MNIST_URL, _FASHION_MNIST_SHA256),
+          download_dir="fashion_mnist",
           how_to_get=("Debian's package (apt-get install dataset-fashion-mnist, files land in "
                       "/usr/share/datasets/fashion-mnist, found without configuration), or the "
                       "four files from https://github.com/zalandoresearch/fashion-mnist")),
@@ -165,6 +290,7 @@ def _builtin_specs() -> dict[str, DatasetSpec]:
           files={"train": tuple((f"data_batch_{i}.bin",) for i in range(1, 6)),
                  "test": (("test_batch.bin",),)},
           subdirs=("cifar10/cifar-10-batches-bin", "cifar-10-batches-bin", "cifar10", ""),
+          downloads=(_CIFAR10_DOWNLOAD,), download_dir="cifar10",
           how_to_get=("the CIFAR-10 binary version (cifar-10-binary.tar.gz from "
                       "https://www.cs.toronto.edu/~kriz/cifar.html), extracted so that "
                       "cifar-10-batches-bin/ lies in the folder")),
@@ -176,6 +302,7 @@ def _builtin_specs() -> dict[str, DatasetSpec]:
         files=_idx_files(f"emnist-{split}-", "train", "test"),
         subdirs=("emnist/gzip", "emnist", "EMNIST/raw", "gzip", ""),
         transposed=True, label_offset=1 if split == "letters" else 0,
+        downloads=(_EMNIST_DOWNLOAD,), download_dir="emnist",
         how_to_get=("the files of the EMNIST gzip.zip from "
                     "https://www.nist.gov/itl/products-and-services/emnist-dataset"))
   return specs

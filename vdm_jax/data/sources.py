@@ -1,9 +1,10 @@
-"""Loading one split into memory: local files first, then tensorflow-datasets.
+"""Loading one split into memory: local files first, then the download cache, a prepared
+tensorflow-datasets dataset, and last a download of the published files.
 
 Every source gives the same arrays: images uint8 [N, H, W, C], upright, and labels int32 [N] in
 [0, num_classes). The package docstring (``vdm_jax.data``) lists the datasets, the folders searched
-and the conventions; when no source has a split, the FileNotFoundError says where it looked and
-how to get the data.
+and the conventions; when no source has a split, the FileNotFoundError says where it looked, the
+URLs a download would fetch, and how to get the data.
 """
 from __future__ import annotations
 
@@ -13,15 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
+from vdm_jax.data import download
 from vdm_jax.data.registry import DatasetSpec, check_split, get_spec
 from vdm_jax.data.tfds_source import NotInTfds, read_tfds, tfds_remedy
 
-__all__ = ["SYSTEM_DATA_DIRS", "find_local_files", "load_arrays"]
+__all__ = ["NO_SYSTEM_DIRS_ENV", "SYSTEM_DATA_DIRS", "find_local_files", "load_arrays"]
 
 logger = logging.getLogger(__name__)
 
 # Folders searched for a dataset whatever data_dir / VDM_DATA_DIR say (after them).
 SYSTEM_DATA_DIRS = {"fashion_mnist": ("/usr/share/datasets/fashion-mnist",)}
+# Set to 1, the system folders are not searched (e.g. to see a download happen on a machine
+# with Debian's copy installed).
+NO_SYSTEM_DIRS_ENV = "VDM_DATA_NO_SYSTEM_DIRS"
 
 
 # ----------------------------------------------------------------------------- local files
@@ -32,7 +37,8 @@ def _search_dirs(name: str, data_dir: str | os.PathLike | None) -> list[Path]:
   roots = [Path(data_dir)] if data_dir is not None else []
   if os.environ.get("VDM_DATA_DIR"):
     roots.append(Path(os.environ["VDM_DATA_DIR"]))
-  roots += [Path(d) for d in SYSTEM_DATA_DIRS.get(name, ())]
+  if not download.env_flag(NO_SYSTEM_DIRS_ENV):
+    roots += [Path(d) for d in SYSTEM_DATA_DIRS.get(name, ())]
   dirs = [root / sub for root in roots for sub in get_spec(name).subdirs]
   return list(dict.fromkeys(dirs))
 
@@ -42,9 +48,10 @@ def find_local_files(name: str, split: str,
   """Local files of `name`/`split`, all from one folder, or None if no folder has them.
 
   Folders are searched in order: under `data_dir`, then under ``VDM_DATA_DIR``, then under the
-  system folders of the dataset; under each, the spec's subdirs in order. A folder holding some
-  but not all of a split's files is an error (FileNotFoundError naming the missing ones), not a
-  miss.
+  system folders of the dataset (unless ``VDM_DATA_NO_SYSTEM_DIRS=1``); under each, the spec's
+  subdirs in order. A folder holding some but not all of a split's files is an error
+  (FileNotFoundError naming the missing ones), not a miss. The download cache is not searched
+  here (see ``load_arrays``).
 
   Returns:
     the files in the order of ``spec.files[split]`` (IDX: images then labels; CIFAR-10: the
@@ -78,19 +85,33 @@ def _read_local(name: str, spec: DatasetSpec,
 
 
 def _missing_message(name: str, split: str, data_dir: str | os.PathLike | None,
-                     tfds_reason: str) -> str:
-  """The FileNotFoundError text: where we looked and how to get the data."""
+                     tfds_reason: str, download_reason: str) -> str:
+  """The FileNotFoundError text: where we looked, what a download would fetch, and how to get
+  the data."""
   spec = get_spec(name)
   file_names = "\n".join(f"    {' or '.join(names)}" for names in spec.files[split])
   dirs = _search_dirs(name, data_dir)
-  looked = ("\n".join(f"    {d}" for d in dirs) if dirs
-            else "    (none: no data_dir given and VDM_DATA_DIR not set)")
+  cache = download.cache_folder(spec)
+  looked = "\n".join([f"    {d}" for d in dirs]
+                     + ([f"    {cache} (the download cache, {download.CACHE_ENV})"] if cache
+                        else []))
+  looked = looked or "    (none: no data_dir given and VDM_DATA_DIR not set)"
   remedy = tfds_remedy(spec, data_dir)
+  if spec.downloads:
+    urls = "\n".join(f"    {url}  (sha256 {sha})"
+                     for url, sha in download.planned_urls(spec, split))
+    fetched = f"; it fetches\n{urls}\n  into {download.cache_root() / spec.download_dir}"
+    how_download = (f"  - download: run again with network access and {download.OFFLINE_ENV} "
+                    f"unset, or set {download.MIRROR_ENV} to a copy of those files laid out "
+                    f"as <mirror>/{spec.download_dir}/<file name>\n")
+  else:
+    fetched = how_download = ""
   return (
       f"Dataset {name!r} split {split!r} was not found.\n"
       f"  Looked for the local files\n{file_names}\n  in\n{looked}\n"
       f"  and in tensorflow-datasets: {tfds_reason}.\n"
-      f"How to get it{', either' if remedy else ''}:\n"
+      f"  Download: {download_reason}{fetched}.\n"
+      f"How to get it, either:\n{how_download}"
       f"  - local files: {spec.how_to_get}; put them in a folder and pass it as data_dir= "
       "or set VDM_DATA_DIR to it (folders searched as listed above)"
       f"{remedy or '.'}")
@@ -120,7 +141,11 @@ def _standardise(spec: DatasetSpec, images: np.ndarray, labels: np.ndarray,
 
 def load_arrays(name: str, split: str,
                 data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """All of one split in memory, from local files if present, else tensorflow-datasets.
+  """All of one split in memory, from the first source that has it.
+
+  Sources, in order: local files (``find_local_files``: data_dir, VDM_DATA_DIR, system
+  folders), the download cache, a prepared tensorflow-datasets dataset, and last a download of
+  the spec's published files into the cache (``download.fetch``; not with VDM_DATA_OFFLINE=1).
 
   Args:
     name: dataset name (see ``dataset_names``).
@@ -133,21 +158,27 @@ def load_arrays(name: str, split: str,
 
   Raises:
     ValueError: unknown name or split; corrupt or inconsistent files.
-    FileNotFoundError: no source has the dataset; the message lists the places looked and how
-      to get the data.
+    download.ChecksumError (a ValueError): a downloaded file is not the published one (it was
+      deleted; the message names it with both sha256).
+    FileNotFoundError: no source has the dataset and it could not be downloaded; the message
+      lists the places looked, why the download did not happen, its URLs, and how to get the
+      data.
   """
   spec = get_spec(name)
   check_split(split)
-  files = find_local_files(name, split, data_dir)
+  files = find_local_files(name, split, data_dir) or download.cached_files(spec, split)
+  if files is None:
+    try:
+      images, labels = read_tfds(spec, split, data_dir)
+      source = f"tensorflow-datasets {spec.tfds_name}"
+    except NotInTfds as e:
+      try:
+        files = download.fetch(spec, split)
+      except download.DownloadUnavailable as d:
+        raise FileNotFoundError(_missing_message(name, split, data_dir, str(e), str(d))) from None
   if files is not None:
     source = str(files[0].parent)
     images, labels = _read_local(name, spec, files)
-  else:
-    try:
-      images, labels = read_tfds(spec, split, data_dir)
-    except NotInTfds as e:
-      raise FileNotFoundError(_missing_message(name, split, data_dir, str(e))) from None
-    source = f"tensorflow-datasets {spec.tfds_name}"
   images, labels = _standardise(spec, images, labels, source)
   logger.info("%s %s: %d images %s from %s", name, split, len(images), images.shape[1:], source)
   return images, labels
