@@ -86,6 +86,8 @@ def _one_example(eps_fn: EpsFn) -> Callable[[Array, Array], Array]:
   """eps_fn for one example: (z [...], gamma ()) -> eps_hat [...] float32. Under the vmap over
   the batch, eps_fn receives the whole batch, with one gamma per row."""
   def eps_one(z, gamma):
+    # gamma may come as a Python float (diffrax probes the vector field's output type with one).
+    gamma = jnp.asarray(gamma, jnp.float32)
     return jnp.asarray(eps_fn(z[None], gamma[None])[0], jnp.float32)
   return eps_one
 
