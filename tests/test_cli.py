@@ -38,7 +38,7 @@ def run_cli(*args, timeout=300):
   return proc
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_cli_train_eval_sample(tmp_path):
   config = tmp_path / "tiny.py"
   config.write_text(TINY_CONFIG)

@@ -120,7 +120,7 @@ def test_first_cell_without_a_source_says_what_to_set(fresh_python, monkeypatch,
       "this cell again.")
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, wheel, fresh_python, mirror, monkeypatch, tmp_path):
   python, jupyter_path = fresh_python
