@@ -443,6 +443,18 @@ def test_scan_matches_unrolled():
                              s.apply(s.pert, s.z, s.cond, s.label), rtol=1e-5, atol=1e-5)
 
 
+def test_scan_unroll_is_the_same_function_with_the_same_parameters():
+  s = setup("vdm")
+  unrolled = VDMScoreNet(**{**VDM_KW, "scan_unroll": 2})
+  shapes = lambda tree: jax.tree_util.tree_map(lambda x: x.shape, tree)
+  assert shapes(jax.eval_shape(unrolled.init, key(0), s.z, s.cond, s.label)) == shapes(s.pert)
+  np.testing.assert_allclose(jit(unrolled.apply)(s.pert, s.z, s.cond, s.label),
+                             s.apply(s.pert, s.z, s.cond, s.label), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match=r"scan_unroll must be >= 1 \(blocks per loop iteration\), "
+                     r"got 0"):
+    VDMScoreNet(**{**VDM_KW, "scan_unroll": 0}).init(key(0), s.z, s.cond, s.label)
+
+
 @pytest.mark.parametrize("name", ["vdm", "unet"])
 def test_remat_same_output_and_gradients(name):
   s = setup(name)

@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
       # nets.VDMScoreNet attributes: the paper's CIFAR-10 network.
       vdm_unet=dict(n_embd=128, n_layer=32, with_fourier_features=True, fourier_freqs=(6, 7),
                     with_attention=False, dropout=0.1, input_skip=True, remat=False,
-                    scan=True, fast_conv_grad=True,
+                    scan=True, scan_unroll=1, fast_conv_grad=True,
                     # The official code's layout: True, True, 32 (see nets.VDMScoreNet).
                     cond_scalar_input=False, attn_key_bias=False, norm_groups=0),
       image_shape=(28, 28, 1),      # (H, W, C): must match the dataset

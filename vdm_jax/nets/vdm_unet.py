@@ -96,6 +96,9 @@ class VDMScoreNet(nn.Module):
     scan: stack the identical down/up blocks with nn.scan (params with a leading layer axis:
       'down' has n_layer, 'up' has n_layer + 1 entries). scan=False builds an unrolled network
       ('down_0', ..., 'up_0', ...) computing the same function; its compile time grows with depth.
+    scan_unroll: with scan, how many blocks each loop iteration runs (`nn.scan`'s unroll): the
+      same parameters and function; larger values give the compiler more to fuse and schedule
+      across blocks (fewer loop iterations) for a longer compile.
     fast_conv_grad: compute the convolutions with `nets.conv.conv_general_dilated`, whose
       backward convolutions XLA:CPU keeps on its fast path inside loops (the scanned blocks'
       backward pass is otherwise 25-40x slower on CPU; other platforms use JAX's own backward
@@ -123,6 +126,7 @@ class VDMScoreNet(nn.Module):
   dtype: Dtype = jnp.float32
   remat: bool = False
   scan: bool = True
+  scan_unroll: int = 1
   fast_conv_grad: bool = True
   cond_scalar_input: bool = False
   attn_key_bias: bool = False
@@ -133,6 +137,9 @@ class VDMScoreNet(nn.Module):
                train: bool = False) -> jax.Array:
     if self.n_layer < 1:
       raise ValueError(f"n_layer must be >= 1, got {self.n_layer}")
+    if self.scan_unroll < 1:
+      raise ValueError(f"scan_unroll must be >= 1 (blocks per loop iteration), got "
+                       f"{self.scan_unroll}")
     if self.norm_groups < 0 or (self.norm_groups and self.n_embd % self.norm_groups):
       raise ValueError(f"norm_groups must be 0 (automatic) or divide n_embd={self.n_embd}, "
                        f"got {self.norm_groups}")
@@ -155,7 +162,8 @@ class VDMScoreNet(nn.Module):
       up_cls = nn.remat(UpBlock, prevent_cse=not self.scan)
 
     if self.scan:
-      scan_kw = dict(variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True})
+      scan_kw = dict(variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                     unroll=self.scan_unroll)
       down = nn.scan(down_cls, in_axes=nn.broadcast, length=self.n_layer, **scan_kw)
       h, hs = down(**kw, name="down")(h0, c)               # hs: [n_layer, B, H, W, n_embd]
       skips = jnp.concatenate([h0[None], hs], axis=0)[::-1]  # last down output first
