@@ -8,7 +8,7 @@ Facts checked:
 * Inside lax.scan, every convolution of the compiled CPU gradient is in the canonical NHWC/HWIO
   form (with lax.conv_general_dilated the backward ones are not: that is what made the scanned
   network's backward pass slow on CPU).
-* VDMScoreNet gives the same outputs and gradients with fast_conv_grad on and off.
+* VDMScoreNet and UNet give the same outputs and gradients with fast_conv_grad on and off.
 """
 import re
 
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from vdm_jax.nets import VDMScoreNet
+from vdm_jax.nets import UNet, VDMScoreNet
 from vdm_jax.nets.conv import conv_general_dilated
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -94,12 +94,15 @@ def test_scanned_backward_convolutions_are_canonical():
   assert any(lab != "b01f_01io->b01f" for lab in native)   # what the custom VJP avoids
 
 
-def test_vdm_score_net_same_with_and_without():
+@pytest.mark.parametrize("net_cls, kw", [
+    (VDMScoreNet, dict(n_embd=8, n_layer=2, dropout=0.0)),
+    (UNet, dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
+                with_fourier_features=True))])
+def test_networks_same_with_and_without(net_cls, kw):
   rng = np.random.default_rng(3)
   z = jnp.asarray(rng.standard_normal((2, 8, 8, 1)), jnp.float32)
   cond = jnp.asarray([0.2, 0.7], jnp.float32)
-  kw = dict(n_embd=8, n_layer=2, dropout=0.0)
-  fast, slow = VDMScoreNet(**kw), VDMScoreNet(**kw, fast_conv_grad=False)
+  fast, slow = net_cls(**kw), net_cls(**kw, fast_conv_grad=False)
   params = fast.init(jax.random.PRNGKey(0), z, cond)
   params = jax.tree_util.tree_map(lambda p: p + 0.05 * jnp.asarray(
       rng.standard_normal(p.shape), p.dtype), params)

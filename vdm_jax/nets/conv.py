@@ -22,7 +22,8 @@ through to `lax.conv_general_dilated`.
 The forward pass is the same `lax.conv_general_dilated` call, so outputs are bitwise identical;
 gradients agree with JAX's to float rounding. Being a `custom_vjp`, it supports reverse-mode
 differentiation (grad, vjp, remat) but not forward mode (jvp): networks use it only where it
-matters (`VDMScoreNet`'s scanned blocks, switchable with its `fast_conv_grad` attribute).
+matters (inside loops: `VDMScoreNet`'s scanned blocks, and the vector-Jacobian products of the
+ODE solver, `vdm_jax.ode.log_prob`), switchable with the networks' `fast_conv_grad` attribute.
 """
 from __future__ import annotations
 
