@@ -41,7 +41,7 @@ def assert_same_batches(a, b):
 
 @pytest.fixture(scope="module")
 def fashion():
-  """Fashion-MNIST from Debian's dataset-fashion-mnist (found without configuration)."""
+  """Real Fashion-MNIST, found without configuration (tests/helpers_data.py)."""
   return {split: data.load_arrays("fashion_mnist", split) for split in data.SPLITS}
 
 

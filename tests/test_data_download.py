@@ -10,7 +10,6 @@ import importlib.util
 import io
 import os
 import socket
-import struct
 import sys
 import tarfile
 import threading
@@ -20,30 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers_data import fashion_mnist_dir, published_fashion_mnist
 from test_data_formats import idx_bytes, write_cifar
 from vdm_jax import data
 from vdm_jax.data import download, formats
 from vdm_jax.data import registry as registry_module
-
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-# Debian's copy holds the published deflate streams under a rewritten 10-byte gzip header (no file
-# name, the packaging time); the published header (file name, these mtimes, OS Unix) restores the
-# published bytes exactly, so the registry's sha256 values are checked here without a network.
-_PUBLISHED_MTIME = {"train": 1504176606, "t10k": 1504176627}
-
-
-def published_fashion_mnist() -> dict[str, bytes]:
-  """{file name: bytes} of the four Fashion-MNIST files as published, from Debian's copy."""
-  out = {}
-  for path in sorted(DEBIAN_FASHION_MNIST.glob("*-ubyte.gz")):
-    raw = path.read_bytes()
-    assert raw[:4] == b"\x1f\x8b\x08\x00", f"{path}: not a gzip file with a bare 10-byte header"
-    header = (b"\x1f\x8b\x08\x08" + struct.pack("<I", _PUBLISHED_MTIME[path.name.split("-")[0]])
-              + b"\x00\x03" + path.name[:-3].encode() + b"\x00")
-    out[path.name] = header + raw[10:]
-  assert len(out) == 4, sorted(out)
-  return out
-
 
 class FileServer:
   """Serves `files` ({URL path: bytes}) on 127.0.0.1, logging each request's path.
@@ -155,8 +135,8 @@ def test_registry_urls_and_sha256_match_tensorflow_datasets():
 
 def test_download_checks_caches_and_uses_the_mirror_layout(env, fashion_server, capsys):
   x_test, y_test = data.load_arrays("fashion_mnist", "test")
-  expected = formats.read_idx_split([DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz",
-                                     DEBIAN_FASHION_MNIST / "t10k-labels-idx1-ubyte.gz"])
+  expected = formats.read_idx_split([fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz",
+                                     fashion_mnist_dir() / "t10k-labels-idx1-ubyte.gz"])
   np.testing.assert_array_equal(x_test, expected[0])
   np.testing.assert_array_equal(y_test, expected[1])
   assert fashion_server.requests == ["/mirror/fashion_mnist/t10k-images-idx3-ubyte.gz",

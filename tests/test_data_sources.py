@@ -1,6 +1,7 @@
 """vdm_jax.data.sources: real Fashion-MNIST, the search for local files, the conventions applied
 to what is read, and the missing-data message."""
 import gzip
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import chex
 import numpy as np
 import pytest
 
+from helpers_data import fashion_mnist_dir
 from test_data_formats import idx_bytes, indexed_images, write_idx
 from vdm_jax import data
 from vdm_jax.data import sources
@@ -40,8 +42,15 @@ def write_mnist(folder, n_train=103, n_test=23, gz=True):
 # ----------------------------------------------------------------------------- real Fashion-MNIST
 
 
-def test_fashion_mnist_from_debian_package():
-  """Found without configuration in Debian's dataset-fashion-mnist folder."""
+def test_fashion_mnist_from_a_system_folder(tmp_path, monkeypatch):
+  """Found without configuration in a system folder (as Debian's dataset-fashion-mnist lays it
+  out), before the download cache."""
+  shutil.copytree(fashion_mnist_dir(), tmp_path / "fashion-mnist")
+  monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", {"fashion_mnist": (str(tmp_path),)})
+  monkeypatch.setenv("VDM_DATA_CACHE", str(tmp_path / "empty_cache"))
+  assert data.find_local_files("fashion_mnist", "test") == [
+      tmp_path / "fashion-mnist" / "t10k-images-idx3-ubyte.gz",
+      tmp_path / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz"]
   x_train, y_train = data.load_arrays("fashion_mnist", "train")
   x_test, y_test = data.load_arrays("fashion_mnist", "test")
   chex.assert_shape(x_train, (60000, 28, 28, 1))
@@ -134,6 +143,7 @@ def test_missing_data_names_places_and_remedy(tmp_path):
 
 
 def test_missing_fashion_mnist_suggests_debian_package(tmp_path, monkeypatch):
+  monkeypatch.setenv("VDM_DATA_CACHE", str(tmp_path / "empty_cache"))
   monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", {"fashion_mnist": (str(tmp_path / "sys"),)})
   with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist") as e:
     data.load_arrays("fashion_mnist", "test")

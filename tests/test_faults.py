@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 
+from helpers_data import fashion_mnist_dir
 from helpers_train import write_config_file
 from vdm_jax import checkpoint, config as config_lib, data, logging_utils, parallel, training
 from vdm_jax.training import workdir as workdir_lib
@@ -173,7 +174,7 @@ def test_changed_settings_on_resume_fail_before_compute(config_file, reference, 
   cases = [
       ({"training.seed": 1}, workdir_lib.CheckpointMismatchError, r"seed: checkpoint 0, config 1"),
       ({"data.name": "fashion_mnist_copy",
-        "data.data_dir": "/usr/share/datasets/fashion-mnist"}, workdir_lib.CheckpointMismatchError,
+        "data.data_dir": str(fashion_mnist_dir())}, workdir_lib.CheckpointMismatchError,
        r"dataset: checkpoint 'fashion_mnist', config 'fashion_mnist_copy'"),
       ({"model.unet": dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
                            dropout=0.0, with_fourier_features=False)},
@@ -192,7 +193,7 @@ def test_changed_settings_on_resume_fail_before_compute(config_file, reference, 
 def test_bad_data_fails_before_the_first_step(config_file, tmp_path):
   # A test split cut short: found when the run starts, not after training.
   folder = tmp_path / "fashion_mnist"
-  shutil.copytree("/usr/share/datasets/fashion-mnist", folder)
+  shutil.copytree(fashion_mnist_dir(), folder)
   images = folder / "t10k-images-idx3-ubyte.gz"
   import gzip
   images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes())[:-784]))
