@@ -212,3 +212,29 @@ def test_real_tiny_vdm_padded_pass():
   np.testing.assert_allclose(sum(res["diffusion_share"]), 1.0, rtol=1e-12)
   # An untrained model on uniform noise: around 8 bits per dim (the uniform entropy) or more.
   assert res["bpd"] > 7.0
+
+
+def test_ode_bound_computes_with_the_fast_conv_gradient():
+  """The ODE bound switches a U-Net's `fast_conv_grad` on (its vector-Jacobian products run
+  inside the solver's loop): the same network function and, to float rounding, its gradient."""
+  net = nets.UNet(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
+  model = vdm_model.VDM(network=net, image_shape=(4, 4, 1), vocab_size=256)
+  fast = evaluation._with_fast_conv_grad(model)
+  assert fast.network.fast_conv_grad and not model.network.fast_conv_grad
+  assert evaluation._with_fast_conv_grad(fast) is fast
+  variables = jax.jit(lambda k: vdm_model.init_variables(model, k))(jax.random.key(0, impl="rbg"))
+  variables = jax.tree_util.tree_map(   # away from the zero-initialised output layer
+      lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape, p.dtype), variables)
+  z = jax.random.normal(jax.random.key(2), (3, 4, 4, 1))
+  g = jnp.asarray([-10.0, -2.0, 4.0])
+  v = jax.random.rademacher(jax.random.key(3), z.shape, jnp.float32)
+
+  def eps_and_vjp(m):
+    eps, vjp = jax.vjp(lambda z_: m.apply(variables, z_, g, None, method=m.eps), z)
+    return eps, vjp(v)[0]
+
+  (eps_slow, vjp_slow), (eps_fast, vjp_fast) = jax.jit(eps_and_vjp, static_argnums=0)(model), \
+      jax.jit(eps_and_vjp, static_argnums=0)(fast)
+  np.testing.assert_array_equal(eps_fast, eps_slow)
+  assert float(jnp.max(jnp.abs(vjp_slow))) > 1e-2
+  np.testing.assert_allclose(vjp_fast, vjp_slow, rtol=1e-4, atol=1e-6)

@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
       unet=dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
                 dropout=0.1, with_fourier_features=False, fourier_freqs=(6, 7),
                 input_skip=False, remat=False, cond_scalar_input=False, attn_key_bias=False,
-                norm_groups=0, fast_conv_grad=True),
+                norm_groups=0, fast_conv_grad=False),
       # nets.VDMScoreNet attributes: the paper's CIFAR-10 network.
       vdm_unet=dict(n_embd=128, n_layer=32, with_fourier_features=True, fourier_freqs=(6, 7),
                     with_attention=False, dropout=0.1, input_skip=True, remat=False,

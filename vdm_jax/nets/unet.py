@@ -65,9 +65,11 @@ class UNet(nn.Module):
       cond_scalar_input, attn_key_bias, norm_groups: as in `VDMScoreNet` (norm_groups must
       divide every level's channels).
     fast_conv_grad: the stride-1 convolutions use `nets.conv.conv_general_dilated`, whose
-      backward pass XLA:CPU runs on its fast path inside loops: 6x faster vector-Jacobian
-      products of the quickstart network inside the ODE solver's loop (`vdm_jax.ode.log_prob`)
-      on CPU. Same parameters and outputs either way; reverse-mode only (no jax.jvp).
+      backward pass XLA:CPU runs on its fast path inside loops. Off by default: the U-Net has
+      no loop of its own and outside loops XLA's own backward convolutions are faster (CPU
+      train steps of the quickstart network: 68 images/s off, 50 on). The ODE bound turns it on
+      (`evaluation.ode_per_example`): its vector-Jacobian products run inside the solver's
+      loop, 6x faster with it. Same parameters and outputs either way; reverse-mode only.
   Defaults are DDPM's CIFAR-10 network (35.7M parameters); for 28x28 data use e.g.
   ch_mult=(1, 2, 2) (28 -> 14 -> 7) and attn_resolutions=(14,) or (7,).
   """
@@ -85,7 +87,7 @@ class UNet(nn.Module):
   cond_scalar_input: bool = False
   attn_key_bias: bool = False
   norm_groups: int = 0
-  fast_conv_grad: bool = True
+  fast_conv_grad: bool = False
 
   @nn.compact
   def __call__(self, z: jax.Array, cond: jax.Array, label: Optional[jax.Array] = None,
