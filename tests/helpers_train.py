@@ -1,7 +1,12 @@
-"""Tiny configs shared by the training-system tests (real 28x28 Fashion-MNIST, tiny network)."""
+"""Tiny configs shared by the training-system tests (real 28x28 Fashion-MNIST, tiny network),
+and waiting on runs in other processes."""
+import time
+from pathlib import Path
+
 import ml_collections
 
 from experiments.configs import quickstart
+from vdm_jax import checkpoint
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
@@ -25,8 +30,24 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
 def write_config_file(path, **overrides):
   """Writes a config file for `python -m experiments.train` whose get_config() is
   `tiny_config(**overrides)`; returns the path."""
-  tests = __import__("pathlib").Path(__file__).resolve().parent
+  tests = Path(__file__).resolve().parent
   path.write_text(
       f"import sys\nsys.path.insert(0, {str(tests)!r})\nfrom helpers_train import tiny_config\n"
       f"\n\ndef get_config():\n  return tiny_config(**{overrides!r})\n")
   return path
+
+
+def wait_for_checkpoint(procs, workdir, step, timeout=300):
+  """Blocks until checkpoint `step` (or a later one) of `workdir` is complete, while every
+  process of `procs` (Popen objects with stderr captured) still runs; returns that step."""
+  deadline = time.time() + timeout
+  directory = Path(workdir) / "checkpoints"
+  while time.time() < deadline:
+    for p in procs:
+      assert p.poll() is None, f"a process ended early:\n{p.stderr.read()[-3000:]}"
+    done = [int(p.name) for p in directory.glob("*") if p.name.isdigit()
+            and checkpoint.is_complete(p)] if directory.exists() else []
+    if done and max(done) >= step:
+      return max(done)
+    time.sleep(0.05)
+  raise AssertionError(f"no checkpoint {step} within {timeout}s")

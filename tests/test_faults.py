@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from helpers_data import fashion_mnist_dir
-from helpers_train import write_config_file
+from helpers_train import wait_for_checkpoint, write_config_file
 from vdm_jax import checkpoint, config as config_lib, data, logging_utils, parallel, training
 from vdm_jax.training import workdir as workdir_lib
 
@@ -70,20 +70,6 @@ def run(config_file, workdir) -> str:
   return out
 
 
-def wait_for_checkpoint(proc, workdir, step, timeout=240):
-  """Blocks until checkpoint `step` (or a later one) is complete; the process must still run."""
-  deadline = time.time() + timeout
-  directory = Path(workdir) / "checkpoints"
-  while time.time() < deadline:
-    assert proc.poll() is None, f"the run ended early:\n{proc.stderr.read()[-3000:]}"
-    done = [int(p.name) for p in directory.glob("*") if p.name.isdigit()
-            and checkpoint.is_complete(p)] if directory.exists() else []
-    if done and max(done) >= step:
-      return max(done)
-    time.sleep(0.05)
-  raise AssertionError(f"no checkpoint {step} within {timeout}s")
-
-
 def one_device():
   return parallel.make_mesh(jax.devices()[:1])
 
@@ -115,7 +101,7 @@ def reference(config_file, tmp_path_factory):
   """An uninterrupted run; while it runs, a second run on its workdir is refused."""
   workdir = tmp_path_factory.mktemp("reference")
   proc = start(config_file, workdir)
-  wait_for_checkpoint(proc, workdir, CKPT_EVERY)
+  wait_for_checkpoint([proc], workdir, CKPT_EVERY)
   spec = resolve(config_file)
   t0 = time.perf_counter()
   with pytest.raises(workdir_lib.WorkdirInUseError,
@@ -141,7 +127,7 @@ def test_sigterm_then_kill_9_then_restart_is_bit_identical_with_one_history(
   spec, ref_dir, _ = reference
   # SIGTERM: a checkpoint of the step reached, exit 0.
   proc = start(config_file, tmp_path)
-  wait_for_checkpoint(proc, tmp_path, 3 * CKPT_EVERY)
+  wait_for_checkpoint([proc], tmp_path, 3 * CKPT_EVERY)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err[-3000:]
@@ -152,7 +138,7 @@ def test_sigterm_then_kill_9_then_restart_is_bit_identical_with_one_history(
   ckpt.close()
   # The same command resumes; kill -9 it a few checkpoints later.
   proc = start(config_file, tmp_path)
-  killed_at = wait_for_checkpoint(proc, tmp_path, event["step"] + 3 * CKPT_EVERY)
+  killed_at = wait_for_checkpoint([proc], tmp_path, event["step"] + 3 * CKPT_EVERY)
   proc.send_signal(signal.SIGKILL)
   proc.communicate()
   assert killed_at < NUM_STEPS

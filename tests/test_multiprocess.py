@@ -19,15 +19,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from helpers_train import write_config_file
-from vdm_jax import checkpoint, config as config_lib, logging_utils, parallel, training
+from helpers_train import wait_for_checkpoint, write_config_file
+from vdm_jax import config as config_lib, logging_utils, parallel, training
 from vdm_jax.training import sample_shards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,21 +81,6 @@ def runs(tmp_path_factory):
   training.sample_checkpoint(spec, one, mesh=mesh)
   outs = finish(procs)
   return config, one, two, outs
-
-
-def wait_for_checkpoint(procs, workdir, step, timeout=300):
-  """Blocks until checkpoint `step` (or a later one) is complete; every process must still run."""
-  deadline = time.time() + timeout
-  directory = Path(workdir) / "checkpoints"
-  while time.time() < deadline:
-    for p in procs:
-      assert p.poll() is None, f"a process ended early:\n{p.stderr.read()[-3000:]}"
-    done = [int(p.name) for p in directory.glob("*") if p.name.isdigit()
-            and checkpoint.is_complete(p)] if directory.exists() else []
-    if done and max(done) >= step:
-      return max(done)
-    time.sleep(0.05)
-  raise AssertionError(f"no checkpoint {step} within {timeout}s")
 
 
 def _spec(config):
