@@ -12,7 +12,8 @@ Result (measured on a 2-core CPU VM, jax 0.10.2, this exact command): test bpd 3
 (recon 0.049, prior 0.002, diffusion 3.491) after 1000 steps (64k images), 8-10 minutes of wall
 time (8m03s and 9m49s in two runs; the VM's speed varies) including compilation (12-18s), the
 final evaluation (19-28s) and 36 samples (8-14s); 2.0-2.4 steps/s, 125-150 images/s, peak RSS
-2.3 GiB.
+2.3 GiB. A third run, on a fresh virtual environment with the data downloaded from a mirror, on
+a slower day of the same VM: 3.541 +- 0.032 in 15m30s (0.9-1.4 steps/s, 60-92 images/s).
 
 For scale on the Fashion-MNIST test set: uniform = 8 bpd, per-pixel histogram = 4.59 bpd,
 xz -9e = 3.86 bpd.
