@@ -45,10 +45,11 @@ def _find() -> tuple[list[Path], str]:
   files, origins = [], []
   for split in ("train", "test"):
     local = sources.find_local_files(NAME, split)
+    cached = None if local is not None else download.cached_files(spec, split)
     if local is not None:
       found, origin = local, f"local folder {local[0].parent}"
-    elif download.cached_files(spec, split) is not None:
-      found, origin = download.cached_files(spec, split), f"download cache {download.cache_root()}"
+    elif cached is not None:
+      found, origin = cached, f"download cache {download.cache_root()}"
     else:
       found, origin = download.fetch(spec, split), f"downloaded into {download.cache_root()}"
     files += found

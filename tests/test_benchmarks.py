@@ -1,20 +1,26 @@
 """The benchmark scripts run end to end and report consistent numbers (tiny overrides of the
 reference configs; the timings themselves are not asserted, benchmarks/README.md has them)."""
 import ast
+import json
+import math
 import re
 import shlex
 import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench  # noqa: E402
 import flops  # noqa: E402
+import ode_bound  # noqa: E402
 import profile_step  # noqa: E402
 
 from experiments.configs import base  # noqa: E402
+from helpers_train import tiny_config  # noqa: E402
+from vdm_jax import checkpoint, data, evaluation, parallel, training  # noqa: E402
 from vdm_jax import config as config_lib  # noqa: E402
 from vdm_jax import model as model_lib  # noqa: E402
 
@@ -184,3 +190,52 @@ def test_paper_network_flops_and_mfu():
   assert flops.mfu(989.4e12 / 2, "NVIDIA H200", "bfloat16") == pytest.approx(0.5)
   assert flops.mfu(494.7e12, "NVIDIA H100 80GB HBM3", "float32") == pytest.approx(1.0)
   assert flops.mfu(1e12, "cpu", "float32") is None
+
+
+def test_ode_bound_resumes_with_the_same_numbers_and_summarizes_them(tmp_path):
+  spec = config_lib.resolve(tiny_config())
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints").mkdir(parents=True)
+  (workdir / "config.json").write_text(spec.to_json())
+  state = training.create_state(spec.model.build(), training.make_optimizer(spec.optimizer, 2),
+                                0, parallel.make_mesh())
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
+  ckpt.save(0, state)
+  ckpt.close()
+  out = tmp_path / "ode.jsonl"
+  args = [f"--workdir={workdir}", f"--out={out}", "--num_images=4", "--batch_size=2",
+          "--rtol=1e-2", "--atol=1e-2", "--elbo_time_samples=2"]
+  first = ode_bound.main(args)
+  lines = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["batch"] for r in lines] == [0, 1] and first["images_done"] == 4
+  # A random order of the first 4 images, each once.
+  assert sorted(i for r in lines for i in r["indices"]) == [0, 1, 2, 3]
+  ode_bpd = np.concatenate([r["ode_bpd"] for r in lines])
+  elbo_bpd = np.concatenate([r["elbo_bpd"] for r in lines])
+  assert first["ode_bpd"] == pytest.approx(ode_bpd.mean(), rel=1e-12)
+  assert first["ode_bpd_se"] == pytest.approx(ode_bpd.std(ddof=1) / math.sqrt(4), rel=1e-12)
+  assert first["ode_minus_elbo_bpd"] == pytest.approx((ode_bpd - elbo_bpd).mean(), rel=1e-12)
+  assert first["evals_per_image_min"] >= 7          # at least one Tsit5 step (6 + 1)
+
+  # The ELBO column is `evaluation.per_example_loss` of batch b's key, in bits per dimension.
+  images = data.load_arrays("fashion_mnist", "test")[0][np.asarray(lines[0]["indices"])]
+  key_elbo = jax.random.split(jax.random.fold_in(jax.random.key(0), 0))[1]
+  loss = jax.jit(lambda v, x, k: evaluation.per_example_loss(
+      spec.model.build(), v, x, None, k, T=0, num_time_samples=2))(
+          {"params": state.ema_params}, images, key_elbo)
+  np.testing.assert_allclose(lines[0]["elbo_bpd"],
+                             (loss.recon + loss.prior + loss.diffusion) / (784 * math.log(2)),
+                             rtol=1e-5)
+
+  # Stopped after its first batch: the rerun computes only the others, to the same numbers.
+  out.write_text(json.dumps(lines[0]) + "\n")
+  again = ode_bound.main(args)
+  relines = [json.loads(line) for line in out.read_text().splitlines()]
+  for old, new in zip(lines, relines, strict=True):
+    for k in ("batch", "indices", "ode_bpd", "elbo_bpd", "num_evals"):
+      assert new[k] == old[k], k
+  assert again["ode_bpd"] == first["ode_bpd"]
+  assert ode_bound.main([*args, "--summary_only"])["elbo_bpd"] == first["elbo_bpd"]
+  # Other settings would mix two experiments in one file.
+  with pytest.raises(SystemExit, match="not .*pass another --out"):
+    ode_bound.main([*args[:-1], "--elbo_time_samples=3"])

@@ -185,7 +185,9 @@ def log_prob(eps_fn: EpsFn, gamma_fn: GammaFn, z_0: Array, *, key: Array | None 
     [B] float32 nats (and the ODEInfo with return_info=True).
 
   Traces use vector-Jacobian products (not forward mode) so that networks with custom VJPs
-  (e.g. `nets.conv`'s convolution) work too.
+  (e.g. `nets.conv`'s convolution) work too. On CPU, build a `nets.UNet` for this with
+  `fast_conv_grad=True` (`evaluation.ode_per_example` does): the products run inside the
+  solver's loop, where XLA:CPU's own backward convolutions are several times slower.
   """
   if trace not in TRACES:
     raise ValueError(f"Unknown trace {trace!r}; choose one of {TRACES}.")
