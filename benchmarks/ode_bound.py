@@ -4,11 +4,11 @@
         --out=/tmp/ode_bound.jsonl [--max_seconds=3600]
 
 Restores the EMA parameters of the run's latest checkpoint (its own `config.json`) and takes the
-first --num_images test images in a random order (fixed by --seed), --batch_size at a time. For
-each batch it appends one JSON line to --out with, per image: the bound through the
-probability-flow ODE (`evaluation.ode_per_example`, one z_0 ~ q(z_0 | x) and one Hutchinson
-probe, rtol/atol as given), the negative ELBO (continuous time, --elbo_time_samples draws
-averaged), both in bits/dim, and the ODE solve's network evaluations.
+first --num_images test images in a random order (fixed by --seed), --batch_size at a time on
+one device (the default one). For each batch it appends one JSON line to --out with, per image:
+the bound through the probability-flow ODE (`evaluation.ode_per_example`, one z_0 ~ q(z_0 | x)
+and one Hutchinson probe, rtol/atol as given), the negative ELBO (continuous time,
+--elbo_time_samples draws averaged), both in bits/dim, and the ODE solve's network evaluations.
 
 Why a separate script and not `--mode=eval --config.eval.method=ode`: at the tolerances where the
 ODE bound is accurate (about 1e-5, see the README) one image costs thousands of network
