@@ -86,7 +86,13 @@ def test_weightings():
   # simple: the unweighted eps-MSE. For a linear schedule L_diff = 0.5 (gmax - gmin) mse.
   simple_obj, bound_s = losses.training_loss(eps_fn, _linear, X_INT, KEY, weighting="simple")
   mse = bound.diffusion / (0.5 * G_RANGE)
-  np.testing.assert_allclose(simple_obj - bound.recon - bound.prior, mse, rtol=1e-5)
+  # The weighted term is recovered as a difference of float32 sums: exact up to a few roundings
+  # of the larger terms, where the diffusion term is small next to recon + prior.
+  def assert_close(actual, desired):
+    tol = 1e-5 * np.abs(desired) + 4 * np.finfo(np.float32).eps * np.abs(bound.recon + bound.prior)
+    assert np.all(np.abs(actual - desired) <= tol), (actual, desired)
+
+  assert_close(simple_obj - bound.recon - bound.prior, mse)
   np.testing.assert_array_equal(bound_s.diffusion, bound.diffusion)   # reported bound unweighted
 
   # sigmoid: w = sigmoid(b - lambda) = sigmoid(b + gamma_t) on the same integrand.
@@ -94,7 +100,7 @@ def test_weightings():
                                     sigmoid_bias=-1.0)
   t = losses.sample_times(jax.random.split(KEY, 3)[0], X_INT.shape[0])
   w = jax.nn.sigmoid(-1.0 + _linear(t))
-  np.testing.assert_allclose(sig_obj - bound.recon - bound.prior, w * bound.diffusion, rtol=1e-5)
+  assert_close(sig_obj - bound.recon - bound.prior, w * bound.diffusion)
 
 
 def test_objective_argument_errors():
