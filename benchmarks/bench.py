@@ -68,6 +68,7 @@ from vdm_jax import config as config_lib  # noqa: E402
 from vdm_jax import evaluation, parallel, sampling, training  # noqa: E402
 import flops  # noqa: E402  (benchmarks/flops.py)
 from vdm_jax import model as model_lib  # noqa: E402
+from vdm_jax.training import workdir as workdir_lib  # noqa: E402
 
 
 # ============================================================================ configs
@@ -151,10 +152,9 @@ def _apply_override(cfg, item: str) -> None:
 def build_config(args) -> config_lib.RunSpec:
   """The named config (or `<workdir>/config.json`) with the flags' overrides, resolved for one
   device; an invalid result exits with `config.resolve`'s message."""
-  run_config = Path(args.workdir) / "config.json" if getattr(args, "workdir", None) else None
-  if run_config is not None and run_config.is_file():
+  if getattr(args, "workdir", None) and (Path(args.workdir) / workdir_lib.CONFIG_FILE).is_file():
     # A trained run: its own resolved config, so that the checkpoint matches the model.
-    cfg = config_lib.from_json(run_config.read_text())
+    cfg = workdir_lib.read_config(args.workdir)
   else:
     cfg = CONFIGS[args.config]()
   net = cfg.model.network

@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
   if args.num_processes:
     parallel.initialize_distributed(True, coordinator_address=args.coordinator_address,
                                     num_processes=args.num_processes, process_id=args.process_id)
-  config = config_lib.from_json((Path(args.workdir) / "config.json").read_text())
+  config = training.workdir.read_config(args.workdir)
   mesh = parallel.make_mesh()
   spec = config_lib.resolve(config, num_devices=mesh.devices.size,
                             num_processes=jax.process_count())

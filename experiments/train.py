@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import json
 import logging as py_logging
-import sys
-from pathlib import Path
 
 from absl import app, flags, logging
-from ml_collections import config_dict, config_flags
+from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -60,15 +58,6 @@ flags.DEFINE_bool("allow_config_change", False, "train: resume even though the c
 flags.mark_flag_as_required("workdir")
 
 
-def load_workdir_config(workdir: str) -> config_dict.ConfigDict:
-  """The resolved config a training run saved in <workdir>/config.json."""
-  path = Path(workdir) / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(f"No --config given and no {path}: pass --config=<config file>.")
-  from vdm_jax import config as config_lib
-  return config_lib.from_json(path.read_text())
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -91,7 +80,7 @@ def main(argv):
   if config is None:
     if FLAGS.mode == "train":
       raise app.UsageError("--config is required for --mode=train.")
-    config = load_workdir_config(FLAGS.workdir)
+    config = training.workdir.read_config(FLAGS.workdir)
 
   spec = config_lib.resolve(config)   # every check, before anything is read or written
   if FLAGS.mode == "train":

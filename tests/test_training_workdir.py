@@ -61,8 +61,11 @@ def test_resume_checks_compare_dataset_seed_and_image_shape(tmp_path):
   assert workdir_lib.check_resume(spec, dict(meta, global_batch_size=64), 4, tmp_path) == []
 
 
-def test_config_is_replaced_atomically(tmp_path):
+def test_config_is_replaced_atomically_and_read_back(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"config.json: .* is not the folder of a training "
+                     r"run .*--config=<file>"):
+    workdir_lib.read_config(tmp_path)
   spec = config_lib.resolve(tiny_config())
   workdir_lib.write_config(spec, tmp_path)
-  assert config_lib.resolve(config_lib.from_json((tmp_path / "config.json").read_text())) == spec
+  assert config_lib.resolve(workdir_lib.read_config(tmp_path)) == spec
   assert not (tmp_path / "config.json.tmp").exists()

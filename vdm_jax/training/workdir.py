@@ -21,10 +21,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jax
+import ml_collections
 
+from vdm_jax import config as config_lib
 from vdm_jax.config import RunSpec
 
 LOCK_FILE = "lock"
+CONFIG_FILE = "config.json"
 
 
 class WorkdirInUseError(RuntimeError):
@@ -103,6 +106,17 @@ def check_resume(spec: RunSpec, meta: Mapping[str, Any], step: int, directory: P
 def write_config(spec: RunSpec, workdir: Path) -> None:
   """`<workdir>/config.json` = the resolved config, replaced atomically (process 0)."""
   if jax.process_index() == 0:
-    tmp = workdir / "config.json.tmp"
+    tmp = workdir / (CONFIG_FILE + ".tmp")
     tmp.write_text(spec.to_json())
-    os.replace(tmp, workdir / "config.json")
+    os.replace(tmp, workdir / CONFIG_FILE)
+
+
+def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config a training run wrote to `<workdir>/config.json` (`config.from_json`), to
+  evaluate or sample its checkpoints with the model they were trained with."""
+  path = Path(workdir) / CONFIG_FILE
+  if not path.is_file():
+    raise FileNotFoundError(
+        f"No {path}: {workdir} is not the folder of a training run (a run writes its config "
+        "there when it starts). Pass the workdir of a run, or its config (--config=<file>).")
+  return config_lib.from_json(path.read_text())
