@@ -14,14 +14,15 @@ Why a separate script and not `--mode=eval --config.eval.method=ode`: at the tol
 ODE bound is accurate (about 1e-5, see the README) one image costs thousands of network
 evaluations, hours on a CPU for 1,000 images. This script keeps every finished batch, so a run
 that is stopped (--max_seconds, a preempted machine) resumes where it stopped with the same
-numbers (batch b always uses `fold_in(key(seed), b)`), and because the order is random, the
-images done so far are a simple random sample of the --num_images. Standard errors are over
+numbers (batch b always uses `fold_in(key(seed), b)`; a last line cut short by a kill is
+dropped and its batch computed again), and because the order is random, the images done so far
+are a simple random sample of the --num_images. Standard errors are over
 images (std / sqrt(n)), as in `--mode=eval`: the test images as a sample of the data's
 distribution, which also covers the Monte-Carlo noise of the draws.
 
-Prints ONE JSON object at the end (also with --summary_only, from --out alone): images done,
-ODE and ELBO bpd on those images (mean +- s.e.), their paired difference, and network
-evaluations per image.
+Prints ONE JSON object at the end (also with --summary_only, from --out alone): the checkpoint's
+step, images done, ODE and ELBO bpd on those images (mean +- s.e.), their paired difference, and
+network evaluations per image.
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vdm_jax import config as config_lib, data, evaluation, parallel, training  # noqa: E402
+from vdm_jax import (config as config_lib, data, evaluation, likelihood, parallel,  # noqa: E402
+                     training)
 
 SETTINGS = ("workdir", "num_images", "batch_size", "seed", "rtol", "atol", "trace",
             "elbo_time_samples")
@@ -49,20 +51,45 @@ SETTINGS = ("workdir", "num_images", "batch_size", "seed", "rtol", "atol", "trac
 
 def read_done(path: Path, settings: dict) -> dict[int, dict]:
   """The batches already in `path` ({batch number: record}); an error if they were computed
-  with other settings (a different run would mix two experiments in one file)."""
+  with other settings (a different run would mix two experiments in one file).
+
+  A last line cut short (the process killed while writing it) is removed from the file, so
+  that its batch is computed again; any other line that is not a record is an error."""
   done = {}
   if not path.exists():
     return done
-  for line in path.read_text().splitlines():
+  text = path.read_text()
+  lines = text.splitlines(keepends=True)
+  if lines and not lines[-1].endswith("\n"):
+    print(f"{path}: dropping its last line, cut short ({len(lines[-1])} characters); that "
+          "batch is computed again.", file=sys.stderr)
+    with path.open("r+") as f:
+      f.truncate(len(text.encode()) - len(lines[-1].encode()))
+    lines = lines[:-1]
+  for number, line in enumerate(lines, 1):
     if not line.strip():
       continue
-    record = json.loads(line)
-    theirs = {k: record["settings"][k] for k in SETTINGS}
+    try:
+      record = json.loads(line)
+      theirs = {k: record["settings"][k] for k in SETTINGS}
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+      raise SystemExit(f"{path}, line {number}: not a record of this script ({e}). Pass "
+                       "another --out, or remove that line to compute its batch again.") from None
     if theirs != settings:
       raise SystemExit(f"{path} holds batches computed with {theirs}, not {settings}: pass "
                        "another --out, or the same settings to resume.")
     done[record["batch"]] = record
   return done
+
+
+def check_step(done: dict[int, dict], step: int, path: Path) -> None:
+  """The batches already done must come from the checkpoint restored now: if the run trained on
+  since, its latest checkpoint is another model, and the file would mix the two."""
+  theirs = sorted({int(r["step"]) for r in done.values()})
+  if theirs and theirs != [step]:
+    raise SystemExit(f"{path} holds batches of the checkpoint at step "
+                     f"{', '.join(map(str, theirs))}, but the run's latest checkpoint is step "
+                     f"{step}: pass another --out to bound step {step}.")
 
 
 def mean_se(values: np.ndarray) -> tuple[float, float]:
@@ -84,7 +111,8 @@ def summarize(done: dict[int, dict], settings: dict, seconds: float | None = Non
   diff, diff_se = mean_se(ode_bpd - elbo_bpd)
   solve_s = sum(r["seconds"] for r in records)
   return {
-      **settings, "images_done": int(n), "batches_done": len(records),
+      **settings, "step": records[0]["step"], "images_done": int(n),
+      "batches_done": len(records),
       "ode_bpd": ode, "ode_bpd_se": ode_se, "elbo_bpd": elbo, "elbo_bpd_se": elbo_se,
       "ode_minus_elbo_bpd": diff, "ode_minus_elbo_bpd_se": diff_se,
       "evals_per_image_mean": float(np.mean(evals)), "evals_per_image_min": int(np.min(evals)),
@@ -137,12 +165,13 @@ def main(argv=None) -> dict:
     return record
 
   start = time.perf_counter()
-  config = config_lib.from_json((Path(args.workdir) / "config.json").read_text())
-  spec = config_lib.resolve(config, num_devices=1, num_processes=1)
+  spec = config_lib.resolve(training.workdir.read_config(args.workdir), num_devices=1,
+                            num_processes=1)
   model, state, step = training.restore_state(spec, args.workdir, mesh=parallel.make_mesh())
+  check_step(done, step, out)
   variables = {"params": jax.device_get(state.ema_params)}
   images, labels = data.load_arrays(spec.data.name, "test", spec.data.data_dir)
-  dims_ln2 = math.prod(images.shape[1:]) * math.log(2.0)
+  num_dims = math.prod(images.shape[1:])
   order = np.random.default_rng(args.seed).permutation(args.num_images)
   key = jax.random.key(args.seed)
 
@@ -160,8 +189,8 @@ def main(argv=None) -> dict:
         model=model, trace=args.trace, rtol=args.rtol, atol=args.atol,
         elbo_time_samples=args.elbo_time_samples))
     record = {"batch": b, "step": int(step), "indices": idx.tolist(),
-              "ode_bpd": (np.asarray(ode_nats) / dims_ln2).tolist(),
-              "elbo_bpd": (np.asarray(elbo_nats) / dims_ln2).tolist(),
+              "ode_bpd": likelihood.nats_to_bpd(np.asarray(ode_nats), num_dims).tolist(),
+              "elbo_bpd": likelihood.nats_to_bpd(np.asarray(elbo_nats), num_dims).tolist(),
               "num_evals": np.asarray(evals).tolist(),
               # The first batch of each call also includes compiling.
               "seconds": time.perf_counter() - t0, "settings": settings}

@@ -227,15 +227,25 @@ def test_ode_bound_resumes_with_the_same_numbers_and_summarizes_them(tmp_path):
                              (loss.recon + loss.prior + loss.diffusion) / (784 * math.log(2)),
                              rtol=1e-5)
 
-  # Stopped after its first batch: the rerun computes only the others, to the same numbers.
-  out.write_text(json.dumps(lines[0]) + "\n")
+  # Killed while writing its second line: the rerun drops the cut line and computes only that
+  # batch, to the same numbers.
+  out.write_text(json.dumps(lines[0]) + "\n" + json.dumps(lines[1])[:50])
   again = ode_bound.main(args)
   relines = [json.loads(line) for line in out.read_text().splitlines()]
   for old, new in zip(lines, relines, strict=True):
     for k in ("batch", "indices", "ode_bpd", "elbo_bpd", "num_evals"):
       assert new[k] == old[k], k
-  assert again["ode_bpd"] == first["ode_bpd"]
+  assert again["ode_bpd"] == first["ode_bpd"] and again["step"] == first["step"] == 0
   assert ode_bound.main([*args, "--summary_only"])["elbo_bpd"] == first["elbo_bpd"]
-  # Other settings would mix two experiments in one file.
+  # Other settings, or a newer checkpoint of the run, would mix two experiments in one file.
   with pytest.raises(SystemExit, match="not .*pass another --out"):
     ode_bound.main([*args[:-1], "--elbo_time_samples=3"])
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
+  ckpt.save(5, state.replace(step=state.step + 5))
+  ckpt.close()
+  with pytest.raises(SystemExit, match="step 0, but the run's latest checkpoint is step 5"):
+    ode_bound.main(args)
+  # A damaged line that is not the last is an error naming it, not silently skipped.
+  out.write_text("{not json\n" + json.dumps(lines[1]) + "\n")
+  with pytest.raises(SystemExit, match="line 1: not a record"):
+    ode_bound.main([*args, "--summary_only"])
