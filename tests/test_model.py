@@ -6,7 +6,7 @@ import pytest
 
 from experiments.configs import cifar10_paper
 from vdm_jax import config as config_lib
-from vdm_jax import losses, model as vdm_model, nets
+from vdm_jax import model as vdm_model, nets
 
 TINY_UNET = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.1)
 RNGS = {"sample": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2)}

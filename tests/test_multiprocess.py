@@ -13,7 +13,6 @@ Killed and restarted: both processes of a 2 x 2 run get SIGKILL after a checkpoi
 two commands, started again, finish with parameters, optimizer state and EMA bit-identical to
 the uninterrupted 2 x 2 run, and one metrics history.
 """
-import json
 import os
 import signal
 import socket

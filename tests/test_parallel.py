@@ -1,5 +1,4 @@
 """Data parallelism: the mesh, batch sharding, and the same numbers on 1 and 8 devices."""
-import functools
 
 import jax
 import numpy as np

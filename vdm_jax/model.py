@@ -12,7 +12,7 @@ config's `model` group builds one through `vdm_jax.config` (`resolve(config).mod
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax

@@ -18,20 +18,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import os
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax import logging_utils, parallel, sampling
 from vdm_jax import model as model_lib
 from vdm_jax.config import SamplingSpec
-from vdm_jax.training import actions
 
 logger = logging.getLogger(__name__)
 
