@@ -6,7 +6,7 @@ from pathlib import Path
 import ml_collections
 
 from experiments.configs import quickstart
-from vdm_jax import checkpoint
+from vdm_jax import checkpoint, config as config_lib, parallel, training
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
@@ -25,6 +25,15 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     group, name = key.split(".", 1)
     c[group][name] = value
   return c
+
+
+def tiny_model_and_params(**overrides):
+  """(resolved spec, model, freshly initialised params) of `tiny_config(**overrides)`."""
+  spec = config_lib.resolve(tiny_config(**overrides))
+  model = spec.model.build()
+  state = training.create_state(model, training.make_optimizer(spec.optimizer, 2), 0,
+                                parallel.make_mesh())
+  return spec, model, state.params
 
 
 def write_config_file(path, **overrides):

@@ -18,17 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm_jax import evaluation, likelihood, ode, point_masses, sampling, schedules
+from helpers_mixture import EPS_FN, POINTS, POINTS_INT, PROBS, SHAPE, V
+from vdm_jax import evaluation, ode, sampling, schedules
 
-V = 16
-SHAPE = (2, 2, 1)
 D = math.prod(SHAPE)
-POINTS_INT = jnp.array([[0, 3, 7, 12], [15, 15, 0, 0], [5, 10, 5, 10]],
-                       jnp.int32).reshape(3, *SHAPE)
-PROBS = np.array([0.5, 0.3, 0.2])
-POINTS = likelihood.encode(POINTS_INT, V)
-LOG_PROBS = jnp.log(jnp.asarray(PROBS, jnp.float32))
-EPS_FN = point_masses.optimal_eps_fn(POINTS, LOG_PROBS)
 GAMMA_0, GAMMA_1 = -6.0, 30.0
 
 

@@ -7,14 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm_jax import likelihood, point_masses, schedules
+from helpers_mixture import LOG_PROBS, POINTS, PROBS
+from vdm_jax import point_masses, schedules
 
-V = 16
-POINTS_INT = jnp.array([[0, 3, 7, 12], [15, 15, 0, 0], [5, 10, 5, 10]],
-                       jnp.int32).reshape(3, 2, 2, 1)
-POINTS = likelihood.encode(POINTS_INT, V)
-PROBS = np.array([0.5, 0.3, 0.2])
-LOG_PROBS = jnp.log(jnp.asarray(PROBS, jnp.float32))
 B = 12
 
 

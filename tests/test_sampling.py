@@ -21,18 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers_mixture import EPS_FN, LOG_PROBS, POINTS, POINTS_INT, PROBS, SHAPE, V
 from vdm_jax import diffusion, likelihood, losses, point_masses, sampling, schedules
 from vdm_jax import model as vdm_model
 from vdm_jax import nets
 
-V = 16
-SHAPE = (2, 2, 1)
-POINTS_INT = jnp.array([[0, 3, 7, 12], [15, 15, 0, 0], [5, 10, 5, 10]],
-                       jnp.int32).reshape(3, *SHAPE)
-PROBS = np.array([0.5, 0.3, 0.2])
-POINTS = likelihood.encode(POINTS_INT, V)
-LOG_PROBS = jnp.log(jnp.asarray(PROBS, jnp.float32))
-EPS_FN = point_masses.optimal_eps_fn(POINTS, LOG_PROBS)
 SCHEDULE = schedules.FixedLinear(schedules.GAMMA_MIN, schedules.GAMMA_MAX)
 
 
@@ -248,14 +241,19 @@ def smooth_cond_eps(z, gamma_t, labels):
   return smooth_eps(z + 0.3 * shift, g)
 
 
-class SmoothClassVDM(nn.Module):
-  """The sampling interface of a class-conditional VDM around `smooth_cond_eps`."""
+class ClassVDMInterface(nn.Module):
+  """What `sampling.sample_model` reads of a class-conditional VDM, on this file's data and
+  schedule; subclasses give eps."""
   image_shape: Tuple[int, ...] = SHAPE
   vocab_size: int = V
   num_classes: int = NUM_CLASSES
 
   def gamma(self, t):
     return gamma_fn(t)
+
+
+class SmoothClassVDM(ClassVDMInterface):
+  """A class-conditional VDM around `smooth_cond_eps`."""
 
   def eps(self, z, gamma_t, labels=None, *, train=False):
     return smooth_cond_eps(z, gamma_t, labels)
@@ -374,14 +372,8 @@ class SampleTransformationsTest(chex.TestCase):
 # Model-level sampling.
 
 
-class PointMassClassVDM(nn.Module):
-  """The VDM sampling interface with the closed-form class-conditional denoiser above."""
-  image_shape: Tuple[int, ...] = SHAPE
-  vocab_size: int = V
-  num_classes: int = NUM_CLASSES
-
-  def gamma(self, t):
-    return gamma_fn(t)
+class PointMassClassVDM(ClassVDMInterface):
+  """A class-conditional VDM with the closed-form denoiser above (and its loss)."""
 
   def eps(self, z, gamma_t, labels=None, *, train=False):
     if labels is None:

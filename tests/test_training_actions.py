@@ -3,19 +3,14 @@ import jax
 import numpy as np
 import pytest
 
-from helpers_train import tiny_config
-from vdm_jax import config as config_lib
+from helpers_train import tiny_model_and_params
 from vdm_jax import data, evaluation, parallel, sampling, training
 from vdm_jax.training import actions
 
 
 @pytest.fixture(scope="module")
 def setup():
-  spec = config_lib.resolve(tiny_config(**{"model.num_classes": 10, "eval.batch_size": 512}))
-  model = spec.model.build()
-  state = training.create_state(model, training.make_optimizer(spec.optimizer, 2), 0,
-                                parallel.make_mesh())
-  return spec, model, state.params
+  return tiny_model_and_params(**{"model.num_classes": 10, "eval.batch_size": 512})
 
 
 def test_evaluate_params_is_evaluate_on_the_test_split(setup):

@@ -3,19 +3,15 @@ import jax
 import numpy as np
 import pytest
 
-from helpers_train import tiny_config
-from vdm_jax import config as config_lib
-from vdm_jax import parallel, training
+from helpers_train import tiny_model_and_params
+from vdm_jax import parallel
 from vdm_jax.training import sample_shards
 
 
 @pytest.fixture(scope="module")
 def setup():
-  spec = config_lib.resolve(tiny_config(**{"model.num_classes": 10, "sampling.T": 2}))
-  model = spec.model.build()
-  state = training.create_state(model, training.make_optimizer(spec.optimizer, 2), 0,
-                                parallel.make_mesh())
-  return spec, model, {"params": state.params}
+  spec, model, params = tiny_model_and_params(**{"model.num_classes": 10, "sampling.T": 2})
+  return spec, model, {"params": params}
 
 
 def test_shards_cover_every_sample_once_and_resume(setup, tmp_path):

@@ -60,6 +60,18 @@ def _labels_for(model, labels):
   return labels if getattr(model, "num_classes", 0) else None
 
 
+def _model_fns(model, variables: Any, labels: Array | None):
+  """The model's eps_hat(z, gamma) (for these labels, deterministic) and gamma(t), as the pure
+  functions the library's losses and ODE take."""
+  def eps_fn(z, g):
+    return model.apply(variables, z, g, labels, method=model.eps)
+
+  def gamma_fn(t):
+    return model.apply(variables, t, method=model.gamma)
+
+  return eps_fn, gamma_fn
+
+
 def per_example_loss(model, variables: Any, images: Array, labels: Array | None, key: Array, *,
                      T: int | None = None, num_time_samples: int = 1) -> losses.VDMLoss:
   """The negative ELBO per image, each term averaged over K independent draws.
@@ -101,12 +113,7 @@ def diffusion_bin_terms(model, variables: Any, images: Array, labels: Array | No
   labels = _labels_for(model, labels)
   x = likelihood.encode(images, model.vocab_size)
   batch = images.shape[0]
-
-  def eps_fn(z, g):
-    return model.apply(variables, z, g, labels, method=model.eps)
-
-  def gamma_fn(t):
-    return model.apply(variables, t, method=model.gamma)
+  eps_fn, gamma_fn = _model_fns(model, variables, labels)
 
   key_u, key_eps = jax.random.split(key)
   u = jax.random.uniform(key_u, (num_bins, batch), jnp.float32)
@@ -161,12 +168,7 @@ def ode_per_example(model, variables: Any, images: Array, labels: Array | None, 
   labels = _labels_for(model, labels)
   x = likelihood.encode(images, model.vocab_size)
   batch = images.shape[0]
-
-  def eps_fn(z, g):
-    return model.apply(variables, z, g, labels, method=model.eps)
-
-  def gamma_fn(t):
-    return model.apply(variables, t, method=model.gamma)
+  eps_fn, gamma_fn = _model_fns(model, variables, labels)
 
   gamma_0 = jnp.broadcast_to(jnp.asarray(gamma_fn(jnp.zeros((batch,), jnp.float32)),
                                          jnp.float32), (batch,))
