@@ -23,8 +23,8 @@ from vdm_jax.nets.layers import (AttnBlock, ConditioningEmbedding, ResnetBlock, 
 Dtype = Any
 
 
-class DownBlock(nn.Module):
-  """One down-path block: ResnetBlock(n_embd -> n_embd) [+ AttnBlock]. Returns (h, h)."""
+class PathBlock(nn.Module):
+  """What the down and up blocks share: their settings, and `block` = ResnetBlock [+ AttnBlock]."""
   n_embd: int
   with_attention: bool = False
   dropout: float = 0.0
@@ -33,34 +33,32 @@ class DownBlock(nn.Module):
   fast_conv_grad: bool = False
   attn_key_bias: bool = False
   norm_groups: int = 0
+
+  def block(self, h: jax.Array, cond: jax.Array) -> jax.Array:
+    """Called from the subclasses' compact `__call__`, whose submodules these are."""
+    h = ResnetBlock(self.n_embd, self.dropout, self.deterministic, self.dtype,
+                    self.fast_conv_grad, self.norm_groups, name="block")(h, cond)
+    if self.with_attention:
+      h = AttnBlock(self.dtype, self.attn_key_bias, self.norm_groups, name="attn")(h)
+    return h
+
+
+class DownBlock(PathBlock):
+  """One down-path block: ResnetBlock(n_embd -> n_embd) [+ AttnBlock]. Returns (h, h): the carry
+  and the skip connection."""
 
   @nn.compact
   def __call__(self, h: jax.Array, cond: jax.Array):
-    h = ResnetBlock(self.n_embd, self.dropout, self.deterministic, self.dtype,
-                    self.fast_conv_grad, self.norm_groups, name="block")(h, cond)
-    if self.with_attention:
-      h = AttnBlock(self.dtype, self.attn_key_bias, self.norm_groups, name="attn")(h)
+    h = self.block(h, cond)
     return h, h
 
 
-class UpBlock(nn.Module):
+class UpBlock(PathBlock):
   """One up-path block: ResnetBlock(2 n_embd -> n_embd) on concat([h, skip]) [+ AttnBlock]."""
-  n_embd: int
-  with_attention: bool = False
-  dropout: float = 0.0
-  deterministic: bool = True
-  dtype: Dtype = jnp.float32
-  fast_conv_grad: bool = False
-  attn_key_bias: bool = False
-  norm_groups: int = 0
 
   @nn.compact
   def __call__(self, h: jax.Array, skip: jax.Array, cond: jax.Array):
-    h = jnp.concatenate([h, skip.astype(h.dtype)], axis=-1)
-    h = ResnetBlock(self.n_embd, self.dropout, self.deterministic, self.dtype,
-                    self.fast_conv_grad, self.norm_groups, name="block")(h, cond)
-    if self.with_attention:
-      h = AttnBlock(self.dtype, self.attn_key_bias, self.norm_groups, name="attn")(h)
+    h = self.block(jnp.concatenate([h, skip.astype(h.dtype)], axis=-1), cond)
     return h, None
 
 
