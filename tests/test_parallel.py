@@ -73,12 +73,19 @@ def setup():
   return config, model, stacked
 
 
-def test_one_device_equals_eight_devices(setup):
+@pytest.fixture(scope="module")
+def eight_devices_one_step_per_call(setup):
+  """(state, losses) of the reference run: every device, one step per call."""
+  config, model, batches = setup
+  return _run(parallel.make_mesh(), model, config, batches, 1)
+
+
+def test_one_device_equals_eight_devices(setup, eight_devices_one_step_per_call):
   config, model, batches = setup
   mesh1 = parallel.make_mesh(jax.devices()[:1])
   mesh8 = parallel.make_mesh()
   s1, l1 = _run(mesh1, model, config, batches, 1)
-  s8, l8 = _run(mesh8, model, config, batches, 1)
+  s8, l8 = eight_devices_one_step_per_call
   assert np.all(np.isfinite(l1)) and l1.shape == (3,)
   np.testing.assert_allclose(l8, l1, rtol=1e-5)
   assert int(s1.step) == int(s8.step) == 3
@@ -95,10 +102,11 @@ def test_one_device_equals_eight_devices(setup):
   assert moved > 1e-4
 
 
-def test_steps_per_call_scan_and_unrolled_match_single_steps(setup):
+def test_steps_per_call_scan_and_unrolled_match_single_steps(setup,
+                                                            eight_devices_one_step_per_call):
   config, model, batches = setup
   mesh8 = parallel.make_mesh()
-  single, l_single = _run(mesh8, model, config, batches, 1)
+  single, l_single = eight_devices_one_step_per_call
   scanned, l_scan = _run(mesh8, model, config, batches, 3, unroll=False)
   unrolled, l_unroll = _run(mesh8, model, config, batches, 3, unroll=True)
   np.testing.assert_allclose(l_scan, l_single, rtol=1e-5)
