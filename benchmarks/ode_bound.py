@@ -49,22 +49,24 @@ SETTINGS = ("workdir", "num_images", "batch_size", "seed", "rtol", "atol", "trac
             "elbo_time_samples")
 
 
-def read_done(path: Path, settings: dict) -> dict[int, dict]:
+def read_done(path: Path, settings: dict, *, resume: bool = True) -> dict[int, dict]:
   """The batches already in `path` ({batch number: record}); an error if they were computed
   with other settings (a different run would mix two experiments in one file).
 
-  A last line cut short (the process killed while writing it) is removed from the file, so
-  that its batch is computed again; any other line that is not a record is an error."""
+  A last line cut short (the process killed while writing it) is not a batch done; with
+  `resume` it is also cut from the file, so that its batch is computed again and appended
+  after the complete lines. Any other line that is not a record is an error."""
   done = {}
   if not path.exists():
     return done
   text = path.read_text()
   lines = text.splitlines(keepends=True)
   if lines and not lines[-1].endswith("\n"):
-    print(f"{path}: dropping its last line, cut short ({len(lines[-1])} characters); that "
-          "batch is computed again.", file=sys.stderr)
-    with path.open("r+") as f:
-      f.truncate(len(text.encode()) - len(lines[-1].encode()))
+    if resume:
+      print(f"{path}: dropping its last line, cut short ({len(lines[-1])} characters); that "
+            "batch is computed again.", file=sys.stderr)
+      with path.open("r+") as f:
+        f.truncate(len(text.encode()) - len(lines[-1].encode()))
     lines = lines[:-1]
   for number, line in enumerate(lines, 1):
     if not line.strip():
@@ -156,7 +158,8 @@ def main(argv=None) -> dict:
   settings = {k: getattr(args, k) for k in SETTINGS}
   settings["workdir"] = str(Path(args.workdir).resolve())
   out = Path(args.out)
-  done = read_done(out, settings)
+  # --summary_only never writes, so it can summarize a file that a running job appends to.
+  done = read_done(out, settings, resume=not args.summary_only)
   if args.summary_only:
     if not done:
       raise SystemExit(f"{out} has no finished batch to summarize.")

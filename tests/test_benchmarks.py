@@ -229,7 +229,10 @@ def test_ode_bound_resumes_with_the_same_numbers_and_summarizes_them(tmp_path):
 
   # Killed while writing its second line: the rerun drops the cut line and computes only that
   # batch, to the same numbers.
-  out.write_text(json.dumps(lines[0]) + "\n" + json.dumps(lines[1])[:50])
+  cut = json.dumps(lines[0]) + "\n" + json.dumps(lines[1])[:50]
+  out.write_text(cut)
+  assert ode_bound.main([*args, "--summary_only"])["images_done"] == 2
+  assert out.read_text() == cut                  # a summary leaves the file as it is
   again = ode_bound.main(args)
   relines = [json.loads(line) for line in out.read_text().splitlines()]
   for old, new in zip(lines, relines, strict=True):
