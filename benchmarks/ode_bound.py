@@ -20,13 +20,23 @@ are a simple random sample of the --num_images. Standard errors are over
 images (std / sqrt(n)), as in `--mode=eval`: the test images as a sample of the data's
 distribution, which also covers the Monte-Carlo noise of the draws.
 
+--shard=K/N computes only the batches b with b % N == K, so that N processes (one per core or
+accelerator) share the work; they may append to the same --out (each line is written under a
+lock). On a CPU, XLA gains little from a second thread at these sizes, so one process per core,
+each with one thread, is the faster way to use a multi-core machine:
+
+    export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    for k in 0 1; do taskset -c $k python benchmarks/ode_bound.py ... --shard=$k/2 & done; wait
+
 Prints ONE JSON object at the end (also with --summary_only, from --out alone): the checkpoint's
-step, images done, ODE and ELBO bpd on those images (mean +- s.e.), their paired difference, and
-network evaluations per image.
+step, images done (every batch in --out, whichever process computed it), ODE and ELBO bpd on
+those images (mean +- s.e.), their paired difference, and network evaluations per image.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import functools
 import json
 import math
@@ -59,15 +69,15 @@ def read_done(path: Path, settings: dict, *, resume: bool = True) -> dict[int, d
   done = {}
   if not path.exists():
     return done
-  text = path.read_text()
-  lines = text.splitlines(keepends=True)
-  if lines and not lines[-1].endswith("\n"):
-    if resume:
-      print(f"{path}: dropping its last line, cut short ({len(lines[-1])} characters); that "
-            "batch is computed again.", file=sys.stderr)
-      with path.open("r+") as f:
+  with _locked(path, "r+" if resume else "r") as f:
+    text = f.read()
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+      if resume:
+        print(f"{path}: dropping its last line, cut short ({len(lines[-1])} characters); that "
+              "batch is computed again.", file=sys.stderr)
         f.truncate(len(text.encode()) - len(lines[-1].encode()))
-    lines = lines[:-1]
+      lines = lines[:-1]
   for number, line in enumerate(lines, 1):
     if not line.strip():
       continue
@@ -82,6 +92,32 @@ def read_done(path: Path, settings: dict, *, resume: bool = True) -> dict[int, d
                        "another --out, or the same settings to resume.")
     done[record["batch"]] = record
   return done
+
+
+@contextlib.contextmanager
+def _locked(path: Path, mode: str):
+  """`path` opened with an exclusive lock, held until the block ends: the processes of several
+  shards read, cut and append --out one at a time, so no line is read half written."""
+  with path.open(mode) as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    yield f                                      # closing the file releases the lock
+
+
+def append_record(path: Path, record: dict) -> None:
+  with _locked(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+  """'K/N' -> (K, N) with 0 <= K < N."""
+  try:
+    k, n = (int(part) for part in text.split("/"))
+  except ValueError:
+    k = n = -1
+  if not 0 <= k < n:
+    raise SystemExit(f"--shard must be K/N with 0 <= K < N (this process computes the batches "
+                     f"b with b % N == K), got {text!r}.")
+  return k, n
 
 
 def check_step(done: dict[int, dict], step: int, path: Path) -> None:
@@ -150,11 +186,13 @@ def main(argv=None) -> dict:
   p.add_argument("--atol", type=float, default=1e-5)
   p.add_argument("--trace", default="hutchinson", choices=("hutchinson", "exact"))
   p.add_argument("--elbo_time_samples", type=int, default=16)
+  p.add_argument("--shard", default="0/1", help="K/N: only the batches b with b %% N == K")
   p.add_argument("--max_seconds", type=float, default=None, help="start no batch after this")
   p.add_argument("--summary_only", action="store_true", help="summarize --out; compute nothing")
   args = p.parse_args(argv)
   if not 1 <= args.batch_size <= args.num_images <= 10_000:
     raise SystemExit("Need 1 <= --batch_size <= --num_images <= 10000 (the test split).")
+  shard, num_shards = parse_shard(args.shard)
   settings = {k: getattr(args, k) for k in SETTINGS}
   settings["workdir"] = str(Path(args.workdir).resolve())
   out = Path(args.out)
@@ -180,7 +218,7 @@ def main(argv=None) -> dict:
 
   num_batches = math.ceil(args.num_images / args.batch_size)
   out.parent.mkdir(parents=True, exist_ok=True)
-  for b in range(num_batches):
+  for b in range(shard, num_batches, num_shards):
     if b in done:
       continue
     if args.max_seconds is not None and time.perf_counter() - start > args.max_seconds:
@@ -197,10 +235,11 @@ def main(argv=None) -> dict:
               "num_evals": np.asarray(evals).tolist(),
               # The first batch of each call also includes compiling.
               "seconds": time.perf_counter() - t0, "settings": settings}
-    with out.open("a") as f:
-      f.write(json.dumps(record) + "\n")
+    append_record(out, record)
     done[b] = record
-  record = summarize(done, settings, time.perf_counter() - start)
+  # Every batch in the file, also those of the other shards' processes.
+  record = summarize(read_done(out, settings, resume=False), settings,
+                     time.perf_counter() - start)
   print(json.dumps(record), flush=True)
   return record
 

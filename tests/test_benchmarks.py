@@ -227,6 +227,21 @@ def test_ode_bound_resumes_with_the_same_numbers_and_summarizes_them(tmp_path):
                              (loss.recon + loss.prior + loss.diffusion) / (784 * math.log(2)),
                              rtol=1e-5)
 
+  # Two shards appending to one file: each computes only its batches, to the same numbers, and
+  # each summary counts every batch in the file.
+  sharded = tmp_path / "sharded.jsonl"
+  shard_args = [a for a in args if not a.startswith("--out=")] + [f"--out={sharded}"]
+  assert ode_bound.main([*shard_args, "--shard=1/2"])["images_done"] == 2
+  assert [json.loads(line)["batch"] for line in sharded.read_text().splitlines()] == [1]
+  assert ode_bound.main([*shard_args, "--shard=0/2"])["ode_bpd"] == first["ode_bpd"]
+  by_batch = {json.loads(line)["batch"]: json.loads(line) for line in
+              sharded.read_text().splitlines()}
+  for old in lines:
+    for k in ("indices", "ode_bpd", "elbo_bpd", "num_evals"):
+      assert by_batch[old["batch"]][k] == old[k], k
+  with pytest.raises(SystemExit, match="--shard must be K/N with 0 <= K < N"):
+    ode_bound.main([*shard_args, "--shard=2/2"])
+
   # Killed while writing its second line: the rerun drops the cut line and computes only that
   # batch, to the same numbers.
   cut = json.dumps(lines[0]) + "\n" + json.dumps(lines[1])[:50]
