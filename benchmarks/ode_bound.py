@@ -174,7 +174,7 @@ def bounds(variables, images, labels, key, *, model, trace, rtol, atol, elbo_tim
   return ode_nats, elbo.recon + elbo.prior + elbo.diffusion, ode_terms["num_evals"]
 
 
-def main(argv=None) -> dict:
+def make_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--workdir", required=True, help="a training run's folder (config.json + "
                  "checkpoints)")
@@ -189,7 +189,11 @@ def main(argv=None) -> dict:
   p.add_argument("--shard", default="0/1", help="K/N: only the batches b with b %% N == K")
   p.add_argument("--max_seconds", type=float, default=None, help="start no batch after this")
   p.add_argument("--summary_only", action="store_true", help="summarize --out; compute nothing")
-  args = p.parse_args(argv)
+  return p
+
+
+def main(argv=None) -> dict:
+  args = make_parser().parse_args(argv)
   if not 1 <= args.batch_size <= args.num_images <= 10_000:
     raise SystemExit("Need 1 <= --batch_size <= --num_images <= 10000 (the test split).")
   shard, num_shards = parse_shard(args.shard)

@@ -192,6 +192,22 @@ def test_paper_network_flops_and_mfu():
   assert flops.mfu(1e12, "cpu", "float32") is None
 
 
+def test_documented_ode_bound_commands_parse():
+  """Every `ode_bound.py` command in the READMEs and its docstring (continuation lines joined,
+  the shard loop's $k as 0) parses, with a valid --shard."""
+  root = Path(__file__).resolve().parents[1]
+  text = "".join((root / f).read_text() for f in ("README.md", "benchmarks/README.md",
+                                                  "benchmarks/ode_bound.py"))
+  text = re.sub(r"\\\n\s*", " ", text).replace("$k", "0")
+  commands = [c for c in re.findall(r"python benchmarks/ode_bound\.py ([^\n#`&;]*)", text)
+              if "..." not in c]
+  assert len(commands) >= 3
+  for line in commands:
+    args = ode_bound.make_parser().parse_args(shlex.split(line.replace("[", "").replace("]", "")))
+    assert args.workdir and args.out and args.num_images == 1000, line
+    ode_bound.parse_shard(args.shard)
+
+
 def test_ode_bound_resumes_with_the_same_numbers_and_summarizes_them(tmp_path):
   spec = config_lib.resolve(tiny_config())
   workdir = tmp_path / "run"
