@@ -158,9 +158,10 @@ def _check_T(T) -> None:
     raise ValueError(f"T must be an int >= 0 (0 = continuous time), got {T!r}.")
 
 
-def training_loss(eps_fn: EpsFn, gamma_fn: GammaFn, x_int: Array, key: Array, *,
-                  vocab_size: int = 256, T: int = 0, antithetic: bool = True,
-                  weighting: str = "elbo", sigmoid_bias: float = 2.0,
+def training_loss(eps_fn: EpsFn, gamma_fn: GammaFn, x: Array, key: Array, *,
+                  data: likelihood.DataModel | None = None, vocab_size: int | None = None,
+                  T: int = 0, antithetic: bool = True, weighting: str = "elbo",
+                  sigmoid_bias: float = 2.0,
                   schedule_objective: str = "elbo") -> tuple[Array, VDMLoss]:
   """The per-example training objective [B] and, from the same draws, the bound `VDMLoss`.
 
@@ -178,68 +179,79 @@ def training_loss(eps_fn: EpsFn, gamma_fn: GammaFn, x_int: Array, key: Array, *,
   if schedule_objective == "variance" and weighting != "elbo":
     raise ValueError("schedule_objective='variance' minimises the variance of the bound's "
                      "estimator and needs weighting='elbo'.")
-  likelihood.check_inputs(x_int, vocab_size)
+  data = likelihood.resolve(data, vocab_size)
+  data.check(x)
   _check_T(T)
-  batch_size = x_int.shape[0]
-  x = likelihood.encode(x_int, vocab_size)
+  batch_size = x.shape[0]
+  x_enc = data.encode(x)
   key_t, key_eps, key_0 = jax.random.split(key, 3)
 
   gamma_ends = gamma_fn(jnp.array([0.0, 1.0], jnp.float32))
   gamma_0, gamma_1 = gamma_ends[0], gamma_ends[1]
 
-  z_0, _ = diffusion.sample_marginal(key_0, x, gamma_0)
-  recon = likelihood.recon_loss(x_int, z_0, gamma_0, vocab_size)
-  prior = jnp.broadcast_to(likelihood.prior_kl(x, gamma_1), (batch_size,))
+  z_0, _ = diffusion.sample_marginal(key_0, x_enc, gamma_0)
+  recon = data.recon_loss(x, z_0, gamma_0)
+  prior = jnp.broadcast_to(likelihood.prior_kl(x_enc, gamma_1), (batch_size,))
 
   t = sample_times(key_t, batch_size, antithetic)
   if schedule_objective == "variance":
-    terms, carriers = diffusion_terms(eps_fn, gamma_fn, x, t, key_eps, T=T, variance_tap=True)
+    terms, carriers = diffusion_terms(eps_fn, gamma_fn, x_enc, t, key_eps, T=T,
+                                      variance_tap=True)
     trained = tapped_loss(terms.loss, carriers)
   else:
-    terms = diffusion_terms(eps_fn, gamma_fn, x, t, key_eps, T=T)
+    terms = diffusion_terms(eps_fn, gamma_fn, x_enc, t, key_eps, T=T)
     trained = weighted_diffusion(terms, weighting, sigmoid_bias)
   bound = VDMLoss(recon=recon, prior=prior, diffusion=terms.loss)
   return recon + prior + trained, bound
 
 
-def vdm_loss(eps_fn: EpsFn, gamma_fn: GammaFn, x_int: Array, key: Array, *,
-             vocab_size: int = 256, T: int = 0, antithetic: bool = True) -> VDMLoss:
+def vdm_loss(eps_fn: EpsFn, gamma_fn: GammaFn, x: Array, key: Array, *,
+             data: likelihood.DataModel | None = None, vocab_size: int | None = None,
+             T: int = 0, antithetic: bool = True) -> VDMLoss:
   """The VDM negative ELBO per example, split into its three terms (nats).
 
   Args:
     eps_fn: (z_t [B, ...] float32, gamma_t [B]) -> eps_hat [B, ...], the noise prediction.
     gamma_fn: t [B] -> gamma [B]; must be elementwise in t and differentiable (its jvp gives
       gamma'(t)). gamma_fn(0) and gamma_fn(1) are the schedule's endpoints.
-    x_int: integer data [B, ...] with values in [0, vocab_size). The values are checked when the
-      call is eager (ValueError naming the range found); under jit they are not, and values
-      outside the range give NaN: check them in the data pipeline (`likelihood.check_range`).
+    x: data [B, ...] of any shape, as the data model takes it: integers in [0, vocab_size) for
+      `likelihood.Discrete` (the default), floats for `likelihood.Continuous`. Dtype and rank
+      are checked always, the values when the call is eager (a ValueError naming what was
+      found); under jit they are not (out-of-range integers give NaN): check them in the data
+      pipeline (`data.check_values`).
     key: PRNG key; the times, the diffusion noise and the z_0 noise all come from it.
-    vocab_size: number of discrete values per dimension (256 for 8-bit images).
+    data: the data model (`likelihood.Discrete(...)` or `likelihood.Continuous()`); it encodes
+      x and gives the recon term -log p(x | z_0). None: `Discrete(vocab_size)`.
+    vocab_size: shorthand for data=likelihood.Discrete(vocab_size) (256 when neither is given).
     T: 0 for the continuous-time loss, else the number of discrete steps.
     antithetic: low-discrepancy times across the batch (lower variance, same expectation).
 
   Returns:
-    VDMLoss(recon, prior, diffusion), each [B] in nats; `.total` is their sum.
+    VDMLoss(recon, prior, diffusion), each [B] in nats; `.total` is their sum. For continuous
+    data the bound is on a density (`likelihood.Continuous`): its bits per dimension may be
+    negative.
   """
-  return training_loss(eps_fn, gamma_fn, x_int, key, vocab_size=vocab_size, T=T,
+  return training_loss(eps_fn, gamma_fn, x, key, data=data, vocab_size=vocab_size, T=T,
                        antithetic=antithetic)[1]
 
 
-def diffusion_loss_std(eps_fn: EpsFn, gamma_fn: GammaFn, x_int: Array, key: Array, *,
-                       num_draws: int = 64, vocab_size: int = 256, T: int = 0) -> Array:
-  """The estimator's spread: per image, the std of the one-sample diffusion-loss estimate.
+def diffusion_loss_std(eps_fn: EpsFn, gamma_fn: GammaFn, x: Array, key: Array, *,
+                       num_draws: int = 64, data: likelihood.DataModel | None = None,
+                       vocab_size: int | None = None, T: int = 0) -> Array:
+  """The estimator's spread: per example, the std of the one-sample diffusion-loss estimate.
 
-  For each image of x_int [B, ...], `num_draws` independent (t, eps) draws (t i.i.d. uniform, as
+  For each example of x [B, ...], `num_draws` independent (t, eps) draws (t i.i.d. uniform, as
   one example of a batch sees it); returns the standard deviation across draws, [B] nats.
-  x_int is checked as in `vdm_loss` (its values only when the call is eager).
+  x and data as in `vdm_loss` (values checked only when the call is eager).
   """
-  likelihood.check_inputs(x_int, vocab_size)
-  x = likelihood.encode(x_int, vocab_size)
+  data = likelihood.resolve(data, vocab_size)
+  data.check(x)
+  x_enc = data.encode(x)
 
   def one_draw(k):
     k_t, k_eps = jax.random.split(k)
-    t = jax.random.uniform(k_t, (x.shape[0],), jnp.float32)
-    return diffusion_terms(eps_fn, gamma_fn, x, t, k_eps, T=T).loss
+    t = jax.random.uniform(k_t, (x_enc.shape[0],), jnp.float32)
+    return diffusion_terms(eps_fn, gamma_fn, x_enc, t, k_eps, T=T).loss
 
   draws = jax.lax.map(one_draw, jax.random.split(key, num_draws))     # [num_draws, B]
   return jnp.std(draws, axis=0, ddof=1)
