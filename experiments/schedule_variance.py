@@ -43,7 +43,7 @@ def estimator_spread(model, params, images, key, num_draws):
     return losses.diffusion_loss_std(
         lambda z, g: model.apply(variables, z, g, method=model.eps),
         lambda t: model.apply(variables, t, method=model.gamma),
-        x_int, k, num_draws=num_draws, vocab_size=model.vocab_size)
+        x_int, k, num_draws=num_draws, data=model.data)
 
   stds = np.concatenate([np.asarray(spread(images[i:i + 64], jax.random.fold_in(key, i)))
                          for i in range(0, len(images), 64)])

@@ -97,7 +97,8 @@ def main(argv):
                        ("recon", "prior", "diffusion", "z0_nll", "dequant")
                        if f"eval/{name}_bpd" in record)
     print(f"step {record['step']}: test bpd {record['eval/bpd']:.4f} +- "
-          f"{record['eval/bpd_se']:.4f} over {record['eval/num_images']} images ({terms})")
+          f"{record['eval/bpd_se']:.4f} over {record['eval/num_images']} images ({terms}); "
+          f"{record['eval/bpd_meaning']}")
     print(json.dumps(record))
   else:
     out = training.sample_checkpoint(spec, FLAGS.workdir, FLAGS.checkpoint_step,

@@ -190,8 +190,9 @@ def test_bad_data_fails_before_the_first_step(config_file, tmp_path):
   assert time.perf_counter() - t0 < 30 and not (tmp_path / "w1").exists()
   # 8-bit data with a model of 16 values: said as such, not as a divergence.
   spec = resolve(config_file, **{"model.vocab_size": 16})
-  with pytest.raises(ValueError, match=r"config.model.vocab_size=16, but the train images of "
-                     r"'fashion_mnist' take values up to 255: set config.model.vocab_size to "
-                     r"256"):
+  with pytest.raises(ValueError, match=r"config.model \(data='discrete', vocab_size=16\): the "
+                     r"train data of 'fashion_mnist': data values must lie in \[0, 16\), found "
+                     r"min 0 and max 255\. Quantise the data to vocab_size levels or set "
+                     r"vocab_size to match it"):
     train(spec, tmp_path / "w2")
   assert not (tmp_path / "w2").exists()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import cifar10_paper
-from vdm_jax import config as config_lib
+from vdm_jax import config as config_lib, likelihood
 from vdm_jax import model as vdm_model, nets
 
 TINY_UNET = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.1)
@@ -92,7 +92,8 @@ def test_paper_cifar10_network_by_config_alone():
 @pytest.mark.parametrize("overrides,error,match", [
     (dict(gamma_min=5.0, gamma_max=-13.3), ValueError, "gamma_min .* must be < gamma_max"),
     (dict(schedule="quadratic"), ValueError, "Unknown schedule 'quadratic'"),
-    (dict(image_shape=(8, 8)), ValueError, "image_shape must be \\(H, W, C\\)"),
+    (dict(image_shape=(8, 0)), ValueError, "image_shape must be a tuple of positive ints"),
+    (dict(data=likelihood.Discrete(16), vocab_size=8), ValueError, "pass one of them"),
     (dict(vocab_size=1), ValueError, "vocab_size must be an int >= 2"),
     (dict(T=-3), ValueError, "T must be an int >= 0"),
     (dict(weighting="l2"), ValueError, "Unknown weighting 'l2'"),
@@ -109,8 +110,12 @@ def test_input_errors_say_what_to_change():
   variables = vdm_model.init_variables(m, jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match="set config.model.image_shape to \\(28, 28, 1\\)"):
     m.apply(variables, jnp.zeros((2, 28, 28, 1), jnp.uint8), rngs=RNGS)
-  with pytest.raises(TypeError, match="images must be integers"):
+  with pytest.raises(TypeError, match="Discrete\\(vocab_size=256, low=-1.0, high=1.0\\) takes "
+                     "integers in \\[0, 256\\).*but images has dtype float32.*Continuous"):
     m.apply(variables, jnp.zeros((2, 8, 8, 1), jnp.float32), rngs=RNGS)
+  with pytest.raises(ValueError, match="images: data values must lie in \\[0, 256\\), found "
+                     "min 256 and max 256"):
+    m.apply(variables, jnp.full((2, 8, 8, 1), 256, jnp.int32), rngs=RNGS)
   with pytest.raises(ValueError, match="num_classes=2 but its network has num_classes=0"):
     vdm_model.VDM(network=nets.UNet(**TINY_UNET), image_shape=(8, 8, 1), num_classes=2)
 

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm_jax import ode, sampling, sampling_args
+from vdm_jax import likelihood, ode, sampling, sampling_args
 
 V = 16
 SHAPE = (2, 2, 2, 1)
@@ -14,17 +14,23 @@ def check(**kw):
   args = dict(shape=SHAPE, vocab_size=V, T=4, sampler="ancestral", eta=None, decode="argmax",
               trajectory_steps=(), known=None, known_mask=None)
   args.update(kw)
-  return sampling_args.check_chain_args(args.pop("shape"), args.pop("vocab_size"), **args)
+  return sampling_args.check_chain_args(args.pop("shape"), **args)
 
 
 def test_check_chain_args_resolves_static_arguments():
-  args = sampling_args.check_chain_args([2, 2, 2, 1], np.int64(16), T=np.int32(5),
-                                        sampler="ddim", eta=None, decode="argmax",
+  args = sampling_args.check_chain_args([2, 2, 2, 1], vocab_size=np.int64(16), T=np.int32(5),
+                                        sampler="ddim", eta=None, decode=None,
                                         trajectory_steps=2, known=None, known_mask=None)
-  assert args == sampling_args.ChainArgs(shape=(2, 2, 2, 1), vocab_size=16, T=5, sampler="ddim",
-                                         eta=0.0, decode="argmax", trajectory_steps=(5, 1),
-                                         known=None, known_mask=None, rtol=None, atol=None)
+  assert args == sampling_args.ChainArgs(shape=(2, 2, 2, 1), data=likelihood.Discrete(16), T=5,
+                                         sampler="ddim", eta=0.0, decode="argmax",
+                                         trajectory_steps=(5, 1), known=None, known_mask=None,
+                                         rtol=None, atol=None)
   hash(args)      # static: usable as jit static arguments
+  # The data model decides the decoders: continuous data decode to the decoder's mean.
+  args = sampling_args.check_chain_args([2, 3], likelihood.Continuous(), T=2, sampler="ddim",
+                                        eta=None, decode=None, trajectory_steps=(),
+                                        known=None, known_mask=None)
+  assert (args.data, args.decode) == (likelihood.Continuous(), "mean")
 
 
 def test_check_chain_args_ode_takes_tolerances_not_steps():
@@ -48,6 +54,15 @@ def test_check_chain_args_inpainting_inputs():
     (dict(T=2.0), ValueError, "T must be"),
     (dict(T=True), ValueError, "T must be"),
     (dict(vocab_size=1), ValueError, "vocab_size"),
+    (dict(data=likelihood.Discrete(8)), ValueError, "pass one of them"),
+    (dict(data=16, vocab_size=None), TypeError, "data must be a likelihood data model"),
+    (dict(data=likelihood.Continuous(), vocab_size=None, decode="argmax"), ValueError,
+     r"Unknown decode 'argmax' for Continuous\(\)"),
+    (dict(data=likelihood.Continuous(), vocab_size=None, decode=None, known=KNOWN,
+          known_mask=jnp.ones(SHAPE, bool)), TypeError, r"Continuous\(\) takes floating-point"),
+    (dict(data=likelihood.Continuous(), vocab_size=None, decode=None,
+          known=jnp.full(SHAPE, jnp.nan), known_mask=jnp.ones(SHAPE, bool)), ValueError,
+     r"known: Continuous\(\) needs finite data, found 8 NaN"),
     (dict(sampler="euler"), ValueError, "Unknown sampler"),
     (dict(eta=0.5), ValueError, "ancestral"),
     (dict(sampler="ddim", eta=1.5), ValueError, r"eta in \[0, 1\]"),
@@ -101,7 +116,7 @@ def test_resolve_trajectory_steps():
 
 
 def test_sampling_re_exports_the_same_objects():
-  for name in ("SAMPLERS", "DECODERS", "ChainArgs", "check_chain_args", "resolve_eta",
+  for name in ("SAMPLERS", "ChainArgs", "check_chain_args", "resolve_eta",
                "resolve_trajectory_steps", "resolve_tolerances", "Sampler", "ReverseStep",
                "ancestral_step", "ddim_step", "is_chain"):
     assert getattr(sampling, name) is getattr(sampling_args, name)

@@ -26,7 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from vdm_jax import data, evaluation, ode, parallel, sampling
+from vdm_jax import data, evaluation, likelihood, ode, parallel, sampling
 from vdm_jax import model as model_lib
 
 DECAYS = ("none", "linear", "cosine")
@@ -51,7 +51,12 @@ class DataSpec:
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   """The `model.VDM` attributes, plus the network: its name in `model.NETWORKS` and its
-  attributes as sorted (key, value) pairs (hashable, so the spec can key compile caches)."""
+  attributes as sorted (key, value) pairs (hashable, so the spec can key compile caches).
+
+  The data model (`data_model`) is decided here and only here: `data` is its kind, "discrete"
+  (integers in [0, vocab_size) on the bin-centre grid in data_range = (low, high)) or
+  "continuous" (floats; vocab_size and data_range do not apply). The fields with a default were
+  added after the others: a run's config.json written before them resolves with these."""
   network: str
   network_kwargs: tuple[tuple[str, Any], ...]
   image_shape: tuple[int, int, int]
@@ -67,6 +72,12 @@ class ModelSpec:
   weighting: str
   sigmoid_bias: float
   schedule_objective: str
+  data: str = "discrete"
+  data_range: tuple[float, float] = (-1.0, 1.0)
+
+  def data_model(self) -> likelihood.DataModel:
+    """The data model these settings name (`likelihood.make`)."""
+    return likelihood.make(self.data, self.vocab_size, *self.data_range)
 
   def build(self) -> model_lib.VDM:
     """The VDM module these settings describe."""
@@ -74,8 +85,10 @@ class ModelSpec:
     if self.dtype != "float32":
       net_kwargs["dtype"] = np.dtype(getattr(jax.numpy, self.dtype))
     attrs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-             if f.name not in ("network", "network_kwargs", "dtype")}
-    return model_lib.VDM(network=model_lib.NETWORKS[self.network](**net_kwargs), **attrs)
+             if f.name not in ("network", "network_kwargs", "dtype", "vocab_size", "data",
+                               "data_range")}
+    return model_lib.VDM(network=model_lib.NETWORKS[self.network](**net_kwargs),
+                         data=self.data_model(), **attrs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +278,11 @@ def _model_spec(config, data_spec: DataSpec) -> ModelSpec:
                      f"of {net_cls.__name__}: {', '.join(sorted(net_fields))}.")
   g["image_shape"] = tuple(g["image_shape"])
   g["dtype"] = _choice("config.model.dtype", g["dtype"], DTYPES)
+  g["data"] = _choice("config.model.data", g["data"], tuple(likelihood.DATA_KINDS))
+  low_high = tuple(g["data_range"]) if isinstance(g["data_range"], (tuple, list)) else ()
+  if len(low_high) != 2:
+    raise ValueError(f"config.model.data_range must be (low, high), got {g['data_range']!r}.")
+  g["data_range"] = tuple(_float("config.model.data_range", v) for v in low_high)
   for key in ("gamma_min", "gamma_max", "label_dropout", "sigmoid_bias"):
     g[key] = _float(f"config.model.{key}", g[key])
   spec = ModelSpec(network=network, network_kwargs=tuple(sorted(net_kwargs.items())), **g)
@@ -274,6 +292,12 @@ def _model_spec(config, data_spec: DataSpec) -> ModelSpec:
     raise type(e)(f"config.model: {e}") from None
 
   info = data.dataset_info(data_spec.name)
+  served_floats = np.issubdtype(np.dtype(info["dtype"]), np.floating)
+  if served_floats != np.issubdtype(spec.data_model().dtype, np.floating):
+    kind = "continuous" if served_floats else "discrete"
+    raise ValueError(
+        f"config.model.data={spec.data!r} takes {'integer' if served_floats else 'float'} "
+        f"data, but dataset {data_spec.name!r} serves {info['dtype']}: set config.model.data = {kind!r}.")
   if spec.image_shape != tuple(info["shape"]):
     raise ValueError(
         f"config.model.image_shape={spec.image_shape} does not match dataset "

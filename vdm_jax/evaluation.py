@@ -15,13 +15,16 @@ The ODE bound of an image x (Song et al. 2021, with VDM's encoder as the dequant
 
     -log P(x) <= E_{q(z_0 | x)} [-log p_ODE(z_0) + log q(z_0 | x) - log p(x | z_0)],
 
-q(z_0 | x) = N(alpha_0 x, sigma_0^2 I), p_ODE the density of the probability-flow ODE with
-N(0, I) at t = 1 (`ode.log_prob`), p(x | z_0) the model's discrete decoder (as in the ELBO's
-recon term). It is a bound for the model p_ODE(z_0) p(x | z_0), estimated with K draws of z_0
+q(z_0 | x) = N(alpha_0 x, sigma_0^2 I) (x encoded by the data model), p_ODE the density of the
+probability-flow ODE with N(0, I) at t = 1 (`ode.log_prob`), p(x | z_0) the data model's
+decoder (as in the ELBO's recon term). It is a bound for the model p_ODE(z_0) p(x | z_0), estimated with K draws of z_0
 (and Hutchinson probes) per image.
 
+For continuous data (`likelihood.Continuous`) both are bounds on a density, in bits per
+dimension that may be negative; the result's 'bpd_meaning' says which.
+
 Works with `model.VDM` or any linen module with the same interface: attributes `T`,
-`vocab_size`, `num_classes` (0 = unconditional), `__call__(images, labels, train=...)` ->
+`data` (a data model; or `vocab_size`, its shorthand), `num_classes` (0 = unconditional), `__call__(images, labels, train=...)` ->
 `losses.VDMLoss` using the 'sample' rng, `eps(z, gamma_t, labels)` and `gamma(t)`; the module
 must be hashable (linen modules are) since it is a static argument of the compiled function.
 """
@@ -79,7 +82,8 @@ def per_example_loss(model, variables: Any, images: Array, labels: Array | None,
   Args:
     model: a `model.VDM` (or compatible module).
     variables: its variables.
-    images: integer images [B, H, W, C] in [0, vocab_size).
+    images: data [B, ...] as the model's data model takes it (integers in [0, vocab_size) for
+      discrete data, floats for continuous data).
     labels: int [B] for a class-conditional model (ignored when num_classes == 0); None means the
       null label.
     key: PRNG key; split into K keys, one per draw (times, diffusion noise, z_0 noise).
@@ -111,7 +115,7 @@ def diffusion_bin_terms(model, variables: Any, images: Array, labels: Array | No
   the diffusion term. Bins are evaluated one after another (`lax.map`): memory of one pass.
   """
   labels = _labels_for(model, labels)
-  x = likelihood.encode(images, model.vocab_size)
+  x = likelihood.data_model_of(model).encode(images)
   batch = images.shape[0]
   eps_fn, gamma_fn = _model_fns(model, variables, labels)
 
@@ -166,7 +170,8 @@ def ode_per_example(model, variables: Any, images: Array, labels: Array | None, 
   """
   model = _with_fast_conv_grad(model)
   labels = _labels_for(model, labels)
-  x = likelihood.encode(images, model.vocab_size)
+  data = likelihood.data_model_of(model)
+  x = data.encode(images)
   batch = images.shape[0]
   eps_fn, gamma_fn = _model_fns(model, variables, labels)
 
@@ -179,7 +184,7 @@ def ode_per_example(model, variables: Any, images: Array, labels: Array | None, 
   logp, info = ode.log_prob(eps_fn, gamma_fn, z_0, key=key_probe, trace=trace, rtol=rtol,
                             atol=atol, return_info=True)
   return {"z0_nll": -logp, "dequant": jnp.sum(log_q.reshape(batch, -1), axis=-1),
-          "recon": likelihood.recon_loss(images, z_0, gamma_0, model.vocab_size),
+          "recon": data.recon_loss(images, z_0, gamma_0),
           "num_evals": info.num_evals}
 
 
@@ -218,7 +223,7 @@ def evaluate(model, variables: Any, batches: Iterable[Mapping[str, Any]], key: A
 
   Args:
     model: a `model.VDM` (or compatible module); `variables` its variables (e.g. EMA params).
-    batches: iterable of dicts 'image' integer [B, H, W, C], 'label' int32 [B] (used by
+    batches: iterable of dicts 'image' [B, ...] (the model's data), 'label' int32 [B] (used by
       class-conditional models), 'mask' bool [B] (True = real row; absent = all real), as from
       `vdm_jax.data.get_dataset(name, "test", ...)`.
     key: PRNG key; batch number n uses `fold_in(key, n)`.
@@ -236,7 +241,8 @@ def evaluate(model, variables: Any, batches: Iterable[Mapping[str, Any]], key: A
       `ode.log_prob`) and the solver's tolerances (None: `ode.RTOL`, `ode.ATOL`).
 
   Returns:
-    dict with 'bpd', 'bpd_se', 'num_images' (real images counted), 'num_time_samples' and
+    dict with 'bpd', 'bpd_se', 'num_images' (real images counted), 'num_time_samples',
+    'bpd_meaning' (the data model's: a probability's bits, or a density's, which may be < 0) and
     method="elbo": 'recon_bpd', 'prior_bpd', 'diffusion_bpd' (floats; the three terms sum to
       'bpd'), 'T';
     method="ode": 'recon_bpd', 'z0_nll_bpd' (E[-log p_ODE(z_0)]), 'dequant_bpd'
@@ -269,6 +275,7 @@ def evaluate(model, variables: Any, batches: Iterable[Mapping[str, Any]], key: A
                                  diffusion_t_bins=diffusion_t_bins)
     names = ("recon", "prior", "diffusion")
   num_classes = getattr(model, "num_classes", 0)
+  data = likelihood.data_model_of(model)
 
   sums = {name: [] for name in names}
   bins = []
@@ -311,7 +318,7 @@ def evaluate(model, variables: Any, batches: Iterable[Mapping[str, Any]], key: A
   if num_images == 0:
     raise ValueError("evaluate got no real images (empty iterator or every row masked out).")
   def to_bpd(nats):   # host float64
-    return likelihood.nats_to_bpd(nats, num_dims)
+    return data.bits_per_dim(nats, num_dims)
 
   parts = [name for name in names if name != "num_evals"]
   bpd = to_bpd(sum(terms[name] for name in parts))
@@ -321,6 +328,7 @@ def evaluate(model, variables: Any, batches: Iterable[Mapping[str, Any]], key: A
       **{f"{name}_bpd": float(to_bpd(terms[name].mean())) for name in parts},
       "num_images": int(num_images),
       "num_time_samples": num_time_samples,
+      "bpd_meaning": data.bpd_meaning,
   }
   if method == "ode":
     result.update(num_evals=float(terms["num_evals"].mean() / num_time_samples), trace=trace,

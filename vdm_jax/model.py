@@ -18,13 +18,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vdm_jax import losses, nets, schedules
+from vdm_jax import likelihood, losses, nets, schedules
 
 Array = jax.Array
 
 # Score networks by the name configs use (config.model.network); each takes its attributes from
 # the config group of the same name (e.g. config.model.unet).
-NETWORKS = {"vdm_unet": nets.VDMScoreNet, "unet": nets.UNet}
+NETWORKS = {"vdm_unet": nets.VDMScoreNet, "unet": nets.UNet, "mlp": nets.MLPScoreNet}
 
 # The scope of the noise schedule's parameters inside the model's params: optimizers find them
 # by this name (e.g. to exempt them from weight decay).
@@ -32,12 +32,18 @@ SCHEDULE_SCOPE = "gamma_module"
 
 
 class VDM(nn.Module):
-  """Variational Diffusion Model over integer images [B, H, W, C] with values in [0, vocab_size).
+  """Variational Diffusion Model over data [B, *image_shape] of a data model (`likelihood`):
+  integer images with values in [0, vocab_size) by default, or continuous data of any shape.
 
   Attributes:
-    network: a score network with the `vdm_jax.nets` call contract.
-    image_shape: (H, W, C) of the data; inputs are checked against it at trace time.
-    vocab_size: number of discrete values per dimension (256 for 8-bit images).
+    network: a score network with the `vdm_jax.nets` call contract that fits the data's shape
+      (the image networks take [B, H, W, C]; `nets.MLPScoreNet` any shape).
+    image_shape: the shape of one example, e.g. (H, W, C) for images, (D,) for vectors, (L, C)
+      for sequences; inputs are checked against it at trace time.
+    data: the data model (`likelihood.Discrete(...)`, `likelihood.Continuous()`); it decides
+      the encoding, the recon term, decoding and the checks of the data.
+    vocab_size: shorthand for data=likelihood.Discrete(vocab_size); after construction it is
+      the data model's vocab_size (None for continuous data). Default: Discrete(256).
     schedule: a name in `schedules.SCHEDULES`.
     gamma_min, gamma_max: the schedule's (initial) endpoints. The network is conditioned on
       (gamma_t - gamma_min) / (gamma_max - gamma_min) with these fixed numbers, so its input map
@@ -58,7 +64,8 @@ class VDM(nn.Module):
 
   network: nn.Module
   image_shape: Sequence[int] = (28, 28, 1)
-  vocab_size: int = 256
+  vocab_size: int | None = None
+  data: likelihood.DataModel | None = None
   schedule: str = "fixed_linear"
   gamma_min: float = schedules.GAMMA_MIN
   gamma_max: float = schedules.GAMMA_MAX
@@ -71,6 +78,10 @@ class VDM(nn.Module):
   schedule_objective: str = "elbo"
 
   def __post_init__(self):
+    # One data model decides; vocab_size mirrors it (clone() passes both back, consistently).
+    data = likelihood.resolve(self.data, self.vocab_size)
+    object.__setattr__(self, "data", data)
+    object.__setattr__(self, "vocab_size", getattr(data, "vocab_size", None))
     validate(self)
     super().__post_init__()
 
@@ -84,7 +95,7 @@ class VDM(nn.Module):
 
   def eps(self, z: Array, gamma_t: Array, labels: Array | None = None, *,
           train: bool = False) -> Array:
-    """eps_hat(z_t; gamma_t): z [B, H, W, C] float32, gamma_t scalar or [B] -> [B, H, W, C]."""
+    """eps_hat(z_t; gamma_t): z [B, *image_shape] float32, gamma_t scalar or [B] -> z's shape."""
     gamma_t = jnp.broadcast_to(jnp.asarray(gamma_t, jnp.float32), (z.shape[0],))
     cond = (gamma_t - self.gamma_min) / (self.gamma_max - self.gamma_min)
     if self.num_classes and labels is None:
@@ -93,7 +104,9 @@ class VDM(nn.Module):
 
   def __call__(self, images: Array, labels: Array | None = None, *,
                train: bool = False) -> losses.VDMLoss:
-    """The negative ELBO per example: `losses.VDMLoss` of [B] nats. Uses the 'sample' rng."""
+    """The negative ELBO per example: `losses.VDMLoss` of [B] nats. Uses the 'sample' rng.
+
+    images: the data [B, *image_shape], as `data` takes it (integers or floats)."""
     return self.objective(images, labels, train=train)[1]
 
   def objective(self, images: Array, labels: Array | None = None, *,
@@ -112,19 +125,19 @@ class VDM(nn.Module):
     self.gamma(jnp.zeros((1,), jnp.float32))
     return losses.training_loss(
         lambda z, g: self.eps(z, g, labels, train=train), self.gamma, images, key,
-        vocab_size=self.vocab_size, T=self.T, antithetic=self.antithetic,
+        data=self.data, T=self.T, antithetic=self.antithetic,
         weighting=self.weighting, sigmoid_bias=self.sigmoid_bias,
         schedule_objective=self.schedule_objective)
 
   def check_images(self, images: Array) -> None:
-    """Raises (at trace time) if images are not integers of shape [B, *image_shape]."""
+    """Raises (at trace time) unless images have shape [B, *image_shape] and the dtype the
+    data model takes (its values are checked too when they are concrete)."""
     if tuple(images.shape[1:]) != tuple(self.image_shape):
       raise ValueError(
           f"images have shape {tuple(images.shape)}, but the model was built for "
           f"[batch, {', '.join(map(str, self.image_shape))}]: set config.model.image_shape to "
           f"{tuple(images.shape[1:])} or feed data of the configured shape.")
-    if not jnp.issubdtype(images.dtype, jnp.integer):
-      raise TypeError(f"images must be integers in [0, {self.vocab_size}), got {images.dtype}.")
+    self.data.check(images, "images")
 
 
 def validate(model: VDM) -> None:
@@ -134,11 +147,10 @@ def validate(model: VDM) -> None:
   if model.schedule not in schedules.SCHEDULES:
     raise ValueError(f"Unknown schedule {model.schedule!r}; choose one of "
                      f"{sorted(schedules.SCHEDULES)}.")
-  if not isinstance(model.vocab_size, int) or model.vocab_size < 2:
-    raise ValueError(f"vocab_size must be an int >= 2, got {model.vocab_size!r}.")
   shape = tuple(model.image_shape)
-  if len(shape) != 3 or any(not isinstance(d, int) or d < 1 for d in shape):
-    raise ValueError(f"image_shape must be (H, W, C) of positive ints, got {shape}.")
+  if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+    raise ValueError(f"image_shape must be a tuple of positive ints (the shape of one example, "
+                     f"e.g. (H, W, C) or (D,)), got {shape}.")
   if not isinstance(model.T, int) or model.T < 0:
     raise ValueError(f"T must be an int >= 0 (0 = continuous time), got {model.T!r}.")
   if not 0.0 <= model.label_dropout < 1.0:
@@ -158,10 +170,10 @@ def validate(model: VDM) -> None:
 
 
 def init_variables(model: VDM, key: Array, batch_size: int = 1) -> Any:
-  """The model's variables ({'params': ...}) from `key`, traced with zero images [batch_size,
-  *image_shape] (and null labels for a class-conditional model)."""
+  """The model's variables ({'params': ...}) from `key`, traced with zero data [batch_size,
+  *image_shape] of the data model's dtype (and null labels for a class-conditional model)."""
   k_params, k_sample, k_dropout = jax.random.split(key, 3)
-  images = jnp.zeros((batch_size, *model.image_shape), jnp.int32)
+  images = jnp.zeros((batch_size, *model.image_shape), model.data.dtype)
   labels = jnp.zeros((batch_size,), jnp.int32) if model.num_classes else None
   return model.init({"params": k_params, "sample": k_sample, "dropout": k_dropout}, images,
                     labels)

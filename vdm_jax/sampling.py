@@ -10,11 +10,12 @@ for the built-in samplers (`ancestral_step`, `ddim_step`, i.e. `diffusion.revers
     x_hat = (z_t - sigma_t eps_hat) / alpha_t
     z_s   = alpha_s x_hat + sqrt(sigma_s^2 - eta^2 sigma_Q^2) eps_hat + eta sigma_Q eps
 
-starting from z_1 ~ N(0, I); z_0 is then decoded with the model's discrete decoder p(x | z_0)
-(`likelihood.decoder_logits` at gamma(0)). The whole chain is ONE `lax.scan`, so the program size
-does not grow with T, and any T works for a continuous-time model. Inpainting and trajectory
-recording wrap any step (`with_inpainting`, `with_trajectory` on a `ChainStep`); a new sampler
-is a step factory plus its entry in `SAMPLERS` (see `vdm_jax.sampling_args`).
+starting from z_1 ~ N(0, I); z_0 is then decoded by the data model's decoder p(x | z_0) at
+gamma(0) (`likelihood.Discrete`: integers, `likelihood.Continuous`: floats). The whole chain
+is ONE `lax.scan`, so the program size does not grow with T, and any T works for a
+continuous-time model. Inpainting and trajectory recording wrap any step (`with_inpainting`,
+`with_trajectory` on a `ChainStep`); a new sampler is a step factory plus its entry in
+`SAMPLERS` (see `vdm_jax.sampling_args`).
 
 sampler="ode" instead integrates the probability-flow ODE from z_1 ~ N(0, I) at gamma(1) to
 gamma(0) with an adaptive solver (`vdm_jax.ode.flow`; tolerances rtol / atol, no T): the map
@@ -47,11 +48,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax import diffusion, likelihood, ode, schedules
-from vdm_jax.sampling_args import (DECODERS, SAMPLERS, ChainArgs, ReverseStep, Sampler,
+from vdm_jax.sampling_args import (SAMPLERS, ChainArgs, ReverseStep, Sampler,
                                    ancestral_step, check_chain_args, ddim_step, is_chain,
                                    resolve_eta, resolve_tolerances, resolve_trajectory_steps)
 
-__all__ = ["DECODERS", "SAMPLERS", "ChainArgs", "ChainStep", "ReverseStep", "SampleInfo",
+__all__ = ["SAMPLERS", "ChainArgs", "ChainStep", "ReverseStep", "SampleInfo",
            "Sampler", "Trajectory", "ancestral_step", "chain_step", "check_chain_args",
            "ddim_step", "guided_eps_fn", "is_chain", "resolve_eta", "resolve_tolerances",
            "resolve_trajectory_steps", "run_chain", "sample", "sample_model", "trajectory_of", "with_inpainting",
@@ -69,7 +70,7 @@ class Trajectory(NamedTuple):
   t: [n] float32, the times i / T of the recorded steps.
   z: [n, *shape] float32, the latent z_t entering step i.
   x_hat: [n, *shape] float32, the denoiser's prediction x_hat(z_t) at that step (encoded data
-    space, bin centres in (-1, 1); `likelihood.decode` maps it to integers).
+    space: for `likelihood.Discrete`, its `nearest` maps it to integers).
   """
   t: Array
   z: Array
@@ -122,8 +123,8 @@ def with_inpainting(inner: ChainStep, x_known: Array, known_mask: Array, key: Ar
   region by a draw of q(z_s | x_known) (`diffusion.sample_marginal`, key fold_in(key, j) at
   time j / T).
 
-  x_known: encoded data (`likelihood.encode`) of the sample shape; known_mask: bool, broadcast
-  to it (True = known).
+  x_known: encoded data (the data model's `encode`) of the sample shape; known_mask: bool,
+  broadcast to it (True = known).
   """
   def replace(j, z, gamma):
     z_known, _ = diffusion.sample_marginal(jax.random.fold_in(key, j), x_known, gamma)
@@ -202,13 +203,14 @@ def run_chain(eps_fn: EpsFn, gamma_fn: GammaFn, step: ChainStep, z_1: Array, gam
 
 
 def sample(eps_fn: EpsFn, gamma_fn: GammaFn, key: Array, shape: Sequence[int], *,
-           T: int | None = None, vocab_size: int = 256, sampler: str = "ancestral",
-           eta: float | None = None, decode: str = "argmax",
+           T: int | None = None, data: likelihood.DataModel | None = None,
+           vocab_size: int | None = None, sampler: str = "ancestral",
+           eta: float | None = None, decode: str | None = None,
            trajectory_steps: int | Sequence[int] = (), known: Array | None = None,
            known_mask: Array | None = None, rtol: float | None = None,
            atol: float | None = None, return_info: bool = False):
-  """Draws integer images: the reverse chain (or the probability-flow ODE) from z_1 ~ N(0, I)
-  down to z_0, then the decoder.
+  """Draws data: the reverse chain (or the probability-flow ODE) from z_1 ~ N(0, I) down to
+  z_0, then the data model's decoder.
 
   Args:
     eps_fn: (z [B, ...] float32, gamma_t [B] float32) -> eps_hat [B, ...], floating point.
@@ -219,41 +221,44 @@ def sample(eps_fn: EpsFn, gamma_fn: GammaFn, key: Array, shape: Sequence[int], *
     shape: static output shape [B, ...] (rank >= 2).
     T: number of steps of a chain sampler (int >= 1), static. Step i in T..1 goes from t = i/T
       to s = (i-1)/T. None for sampler="ode" (it picks its own steps).
-    vocab_size: number of discrete values per dimension.
+    data: the data model (`likelihood.Discrete(...)`, `likelihood.Continuous()`), static; it
+      decodes z_0 and checks `known`. None: `Discrete(vocab_size)`.
+    vocab_size: shorthand for data=likelihood.Discrete(vocab_size) (256 when neither is given).
     sampler: a key of `SAMPLERS`: "ancestral" (eta = 1), "ddim" (uses `eta`) or "ode" (the
       probability-flow ODE, adaptive; see the module docstring).
     eta: None for the sampler's default (ancestral 1, ddim 0, ode none), else a Python number
       in [0, 1].
-    decode: how z_0 becomes integers under p(x | z_0): "argmax" (the most likely value per
-      dimension; computed as the nearest bin centre of z_0 / alpha_0, which is the argmax of
-      `likelihood.decoder_logits` without materialising V logits per dimension) or "sample" (a
-      categorical draw from the decoder; memory shape + (V,) floats).
+    decode: how z_0 becomes data under p(x | z_0), one of `data.decoders`; None: its first.
+      Discrete: "argmax" (the most likely value per dimension, the nearest bin centre of
+      z_0 / alpha_0, without materialising V logits per dimension) or "sample" (a categorical
+      draw; memory shape + (V,) floats). Continuous: "mean" (z_0 / alpha_0) or "sample" (a
+      draw of N(z_0 / alpha_0, exp(gamma_0) I)).
     trajectory_steps: a static tuple of step indices in [1, T], or a count n (n steps evenly
-      spaced from T to 1). When non-empty, a `Trajectory` is returned after the images
+      spaced from T to 1). When non-empty, a `Trajectory` is returned after the samples
       (`with_trajectory`; memory independent of T). Chain samplers only.
-    known, known_mask: inpainting (chain samplers only). `known` int images of `shape`,
-      `known_mask` bool broadcastable to `shape` (True = known). z_1 and every z_s are replaced
-      on the known region by a draw from q(z_s | x_known) (`with_inpainting`); the returned
-      images equal `known` exactly where the mask is True. This replacement conditioning
-      approximates p(x_unknown | x_known): the unknown region can commit to a completion at
-      high noise, before the known region is informative (more steps do not remove that).
+    known, known_mask: inpainting (chain samplers only). `known` data of `shape` (as the data
+      model takes it), `known_mask` bool broadcastable to `shape` (True = known). z_1 and every
+      z_s are replaced on the known region by a draw from q(z_s | x_known) (`with_inpainting`);
+      the returned samples equal `known` exactly where the mask is True. This replacement
+      conditioning approximates p(x_unknown | x_known): the unknown region can commit to a
+      completion at high noise, before the known region is informative (more steps do not
+      remove that).
     rtol, atol: sampler="ode" only: the solver's relative and absolute tolerances on z (static
       Python numbers in (0, 1); None: `ode.RTOL`, `ode.ATOL`).
     return_info: also return a `SampleInfo` (steps and network evaluations per image), last.
 
   Returns:
-    int32 images of `shape` with values in [0, vocab_size); with trajectory steps, the pair
-    (images, Trajectory); with return_info, `SampleInfo` appended: (images, info) or
-    (images, Trajectory, info).
+    samples of `shape` in the data model's dtype (int32 in [0, vocab_size) for Discrete,
+    float32 for Continuous); with trajectory steps, the pair (samples, Trajectory); with
+    return_info, `SampleInfo` appended: (samples, info) or (samples, Trajectory, info).
 
   Use under jit with the non-array arguments static, e.g.
   `jax.jit(functools.partial(sample, eps_fn, gamma_fn, shape=(8, 28, 28, 1), T=1000))`.
   """
-  args = check_chain_args(shape, vocab_size, T=T, sampler=sampler, eta=eta, decode=decode,
-                          trajectory_steps=trajectory_steps, known=known, known_mask=known_mask,
-                          rtol=rtol, atol=atol)
-  shape, vocab_size, T, decode = args.shape, args.vocab_size, args.T, args.decode
-  steps = args.trajectory_steps
+  args = check_chain_args(shape, data, vocab_size=vocab_size, T=T, sampler=sampler, eta=eta,
+                          decode=decode, trajectory_steps=trajectory_steps, known=known,
+                          known_mask=known_mask, rtol=rtol, atol=atol)
+  shape, data, T, steps = args.shape, args.data, args.T, args.trajectory_steps
 
   batch = shape[0]
   key_init, key_steps, key_known, key_decode = jax.random.split(key, 4)
@@ -264,8 +269,7 @@ def sample(eps_fn: EpsFn, gamma_fn: GammaFn, key: Array, shape: Sequence[int], *
   if is_chain(args.sampler):
     step = chain_step(SAMPLERS[args.sampler].make_step(args.eta), key_steps)
     if args.known is not None:
-      step = with_inpainting(step, likelihood.encode(args.known, vocab_size), args.known_mask,
-                             key_known, T)
+      step = with_inpainting(step, data.encode(args.known), args.known_mask, key_known, T)
     if steps:
       step = with_trajectory(step, steps, T, shape)
     z_0, gamma_0, state = run_chain(eps_fn, gamma_fn, step, z_1, gamma_1, T)
@@ -276,16 +280,11 @@ def sample(eps_fn: EpsFn, gamma_fn: GammaFn, key: Array, shape: Sequence[int], *
     z_0, ode_info = ode.flow(eps_fn, z_1, gamma_1, gamma_0, rtol=args.rtol, atol=args.atol)
     info = SampleInfo(num_steps=ode_info.num_steps, num_evals=ode_info.num_evals)
 
-  if decode == "argmax":
-    z0r = z_0 / schedules.alpha(diffusion.expand_to(gamma_0, z_0))
-    images = likelihood.decode(z0r, vocab_size)
-  else:
-    logits = likelihood.decoder_logits(z_0, gamma_0, vocab_size)
-    images = jax.random.categorical(key_decode, logits, axis=-1).astype(jnp.int32)
+  samples = data.decode(z_0, gamma_0, key=key_decode, mode=args.decode)
   if args.known is not None:
-    images = jnp.where(args.known_mask, args.known, images)
+    samples = jnp.where(args.known_mask, args.known, samples)
 
-  out = (images,)
+  out = (samples,)
   if steps:
     out += (trajectory_of(state, steps, T),)
   if return_info:
@@ -388,7 +387,7 @@ def _sample_model_jit(variables, key, labels, guidance_weight, known, known_mask
     return model.apply(variables, t, method=model.gamma)
 
   return sample(eps_fn, gamma_fn, key, (num_samples, *model.image_shape), T=T,
-                vocab_size=model.vocab_size, sampler=sampler, eta=eta, decode=decode,
+                data=likelihood.data_model_of(model), sampler=sampler, eta=eta, decode=decode,
                 trajectory_steps=trajectory_steps, known=known, known_mask=known_mask,
                 rtol=rtol, atol=atol, return_info=return_info)
 
@@ -396,7 +395,7 @@ def _sample_model_jit(variables, key, labels, guidance_weight, known, known_mask
 def sample_model(model, variables: Any, key: Array, num_samples: int, *, T: int | None = None,
                  sampler: str = "ancestral", eta: float | None = None,
                  labels: Array | None = None, guidance_weight: float = 0.0,
-                 decode: str = "argmax", trajectory_steps: int | Sequence[int] = (),
+                 decode: str | None = None, trajectory_steps: int | Sequence[int] = (),
                  known: Array | None = None, known_mask: Array | None = None,
                  rtol: float | None = None, atol: float | None = None,
                  return_info: bool = False):
@@ -406,7 +405,8 @@ def sample_model(model, variables: Any, key: Array, num_samples: int, *, T: int 
   `model.apply(variables, t, method=model.gamma)`.
 
   Args:
-    model: the module; needs image_shape, vocab_size, num_classes, `eps` and `gamma`.
+    model: the module; needs image_shape, data (a data model; or vocab_size, its shorthand),
+      num_classes, `eps` and `gamma`.
     variables: its variables (e.g. the EMA parameters {'params': ...}).
     key: PRNG key.
     num_samples: number of images B.
@@ -422,7 +422,8 @@ def sample_model(model, variables: Any, key: Array, num_samples: int, *, T: int 
       compilation serves every w > 0.
 
   Returns:
-    int32 images [num_samples, *model.image_shape] in [0, vocab_size); with trajectory steps
+    samples [num_samples, *model.image_shape] of the model's data model (int32 in
+    [0, vocab_size) for discrete data, float32 for continuous data); with trajectory steps
     and / or return_info, the tuple of `sample`.
 
   Compiled once per (model, variables structure, num_samples, T, sampler, eta, decode,
@@ -433,7 +434,7 @@ def sample_model(model, variables: Any, key: Array, num_samples: int, *, T: int 
       num_samples < 1:
     raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}.")
   num_samples = int(num_samples)
-  args = check_chain_args((num_samples, *model.image_shape), model.vocab_size, T=T,
+  args = check_chain_args((num_samples, *model.image_shape), likelihood.data_model_of(model), T=T,
                           sampler=sampler, eta=eta, decode=decode,
                           trajectory_steps=trajectory_steps, known=known, known_mask=known_mask,
                           rtol=rtol, atol=atol)

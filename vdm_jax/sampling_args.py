@@ -39,7 +39,6 @@ from vdm_jax import diffusion, likelihood, ode
 
 Array = jax.Array
 
-DECODERS = ("argmax", "sample")
 ODE = "ode"
 
 
@@ -193,17 +192,16 @@ def _no_steps(trajectory_steps) -> bool:
   return isinstance(trajectory_steps, Sequence) and len(trajectory_steps) == 0
 
 
-def _check_known(shape, vocab_size, known, known_mask):
+def _check_known(shape, data: likelihood.DataModel, known, known_mask):
   if (known is None) != (known_mask is None):
-    raise ValueError("inpainting needs both `known` (integer images) and `known_mask` (bool).")
+    raise ValueError("inpainting needs both `known` (data of the sample shape) and `known_mask` "
+                     "(bool).")
   if known is None:
     return None, None
-  if tuple(known.shape) != tuple(shape):
-    raise ValueError(f"known must have the sample shape {tuple(shape)}, got {tuple(known.shape)}.")
-  if not jnp.issubdtype(known.dtype, jnp.integer):
-    raise TypeError(f"known must hold integers in [0, {vocab_size}), got dtype {known.dtype}.")
-  if not isinstance(known, jax.core.Tracer):
-    likelihood.check_range(known, vocab_size)
+  if tuple(jnp.shape(known)) != tuple(shape):
+    raise ValueError(f"known must have the sample shape {tuple(shape)}, got "
+                     f"{tuple(jnp.shape(known))}.")
+  data.check(known, "known")
   if jnp.asarray(known_mask).dtype != jnp.bool_:
     raise TypeError(f"known_mask must be bool (True = known), got dtype "
                     f"{jnp.asarray(known_mask).dtype}.")
@@ -214,27 +212,29 @@ def _check_known(shape, vocab_size, known, known_mask):
   if out != tuple(shape):
     raise ValueError(f"known_mask of shape {tuple(jnp.shape(known_mask))} does not broadcast to "
                      f"the sample shape {tuple(shape)}.")
-  return known.astype(jnp.int32), jnp.broadcast_to(jnp.asarray(known_mask), shape)
+  return (jnp.asarray(known).astype(data.dtype),
+          jnp.broadcast_to(jnp.asarray(known_mask), shape))
 
 
 class ChainArgs(NamedTuple):
   """The checked arguments of one call of `sampling.sample` (`check_chain_args`).
 
   shape: the sample shape [B, ...] as a tuple of ints (rank >= 2).
-  vocab_size: int >= 2, discrete values per dimension.
+  data: the data model (`likelihood.resolve`): it checks `known` and decodes z_0.
   T: int >= 1, the number of steps; None for sampler="ode".
   sampler: a key of `SAMPLERS`.
   eta: the resolved eta, a float in [0, 1] (`resolve_eta`); None for sampler="ode".
-  decode: "argmax" or "sample".
+  decode: one of data.decoders ("argmax" / "sample" for discrete data, "mean" / "sample" for
+    continuous data).
   trajectory_steps: recorded step indices in chain order (descending), () for none.
-  known: int32 images of `shape`, or None (no inpainting).
+  known: data of `shape` in the data model's dtype, or None (no inpainting).
   known_mask: bool, broadcast to `shape`, or None.
   rtol, atol: the ODE solver's tolerances (floats in (0, 1)) for sampler="ode", else None.
 
   Everything but known / known_mask is static (hashable): it fixes the compiled sampler.
   """
   shape: tuple[int, ...]
-  vocab_size: int
+  data: likelihood.DataModel
   T: int | None
   sampler: str
   eta: float | None
@@ -246,9 +246,11 @@ class ChainArgs(NamedTuple):
   atol: float | None = None
 
 
-def check_chain_args(shape: Sequence[int], vocab_size: int, *, T: int | None, sampler: str,
-                     eta: float | None, decode: str, trajectory_steps: int | Sequence[int],
-                     known: Array | None, known_mask: Array | None, rtol: float | None = None,
+def check_chain_args(shape: Sequence[int], data: likelihood.DataModel | None = None, *,
+                     vocab_size: int | None = None, T: int | None, sampler: str,
+                     eta: float | None, decode: str | None,
+                     trajectory_steps: int | Sequence[int], known: Array | None,
+                     known_mask: Array | None, rtol: float | None = None,
                      atol: float | None = None) -> ChainArgs:
   """Checks and resolves the arguments of `sampling.sample` / `sampling.sample_model`.
 
@@ -260,17 +262,14 @@ def check_chain_args(shape: Sequence[int], vocab_size: int, *, T: int | None, sa
   shape = tuple(int(d) for d in shape)
   if len(shape) < 2 or any(d < 1 for d in shape):
     raise ValueError(f"shape must be [batch, ...] with rank >= 2 and positive sizes, got {shape}.")
-  if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or \
-      vocab_size < 2:
-    raise ValueError(f"vocab_size must be an int >= 2, got {vocab_size!r}.")
+  data = likelihood.resolve(data, vocab_size)
   eta = resolve_eta(sampler, eta)
   rtol, atol = resolve_tolerances(sampler, rtol, atol)
-  if decode not in DECODERS:
-    raise ValueError(f"Unknown decode {decode!r}; choose one of {DECODERS}.")
+  decode = data.check_decode(decode)
   if is_chain(sampler):
     T = _check_T(T)
     steps = resolve_trajectory_steps(trajectory_steps, T)
-    known, known_mask = _check_known(shape, vocab_size, known, known_mask)
+    known, known_mask = _check_known(shape, data, known, known_mask)
   else:
     if T is not None:
       raise ValueError(f"sampler={sampler!r} chooses its own steps (adaptive, to rtol / atol): "
@@ -282,6 +281,6 @@ def check_chain_args(shape: Sequence[int], vocab_size: int, *, T: int | None, sa
       raise ValueError(f"inpainting replaces the known region at every chain step: "
                        f"sampler={sampler!r} does not support it (use 'ancestral' or 'ddim').")
     steps = ()
-  return ChainArgs(shape=shape, vocab_size=int(vocab_size), T=T, sampler=sampler, eta=eta,
+  return ChainArgs(shape=shape, data=data, T=T, sampler=sampler, eta=eta,
                    decode=decode, trajectory_steps=steps, known=known, known_mask=known_mask,
                    rtol=rtol, atol=atol)

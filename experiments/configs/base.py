@@ -12,7 +12,7 @@ ones). Any field can be overridden on the command line (--config.<group>.<field>
 import ml_collections
 
 from vdm_jax import schedules
-from vdm_jax.config import EvalSpec, OptimizerSpec, SamplingSpec
+from vdm_jax.config import EvalSpec, ModelSpec, OptimizerSpec, SamplingSpec
 
 placeholder = ml_collections.config_dict.placeholder
 
@@ -36,8 +36,13 @@ def get_config() -> ml_collections.ConfigDict:
                     scan=True, scan_unroll=1, fast_conv_grad=True,
                     # The official code's layout: True, True, 32 (see nets.VDMScoreNet).
                     cond_scalar_input=False, attn_key_bias=False, norm_groups=0),
-      image_shape=(28, 28, 1),      # (H, W, C): must match the dataset
-      vocab_size=256,               # values per dimension (8-bit data)
+      # nets.MLPScoreNet attributes: data of any shape (vectors, sequences).
+      mlp=dict(hidden=256, num_layers=4, n_embd=64, with_fourier_features=True,
+               fourier_freqs=(-1, 0, 1, 2), dropout=0.0),
+      image_shape=(28, 28, 1),      # one example's shape, (H, W, C) for images: as the dataset's
+      data=ModelSpec.data,          # data model: discrete (integers) | continuous (floats)
+      vocab_size=256,               # discrete: values per dimension (8-bit data)
+      data_range=ModelSpec.data_range,  # discrete: (low, high) of the bin-centre grid
       schedule="learned_linear",    # a key of vdm_jax.schedules.SCHEDULES
       gamma_min=schedules.GAMMA_MIN,   # gamma(0) (initial value when learned); paper -13.3
       gamma_max=schedules.GAMMA_MAX,   # gamma(1); paper 5.0

@@ -164,6 +164,10 @@ def official_model_config(model: model_lib.VDM) -> dict:
   if model.schedule not in schedules:
     wrong.append(f"config.model.schedule={model.schedule!r} (official: one of "
                  f"{', '.join(schedules)})")
+  data = model.data
+  if data.kind != "discrete" or (data.low, data.high) != (-1.0, 1.0):
+    wrong.append(f"data={data.describe()} (official: integers on the bin-centre grid in (-1, 1), "
+                 "config.model.data='discrete', data_range=(-1.0, 1.0))")
   if wrong:
     raise ValueError("this model is not in the official layout: " + "; ".join(wrong) + ".")
   return dict(vocab_size=model.vocab_size, sample_softmax=False,

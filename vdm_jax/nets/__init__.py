@@ -4,16 +4,18 @@ Both networks share one call contract:
 
     eps_hat = net.apply(params, z, cond, label=None, train=False, rngs={'dropout': key})
 
-z float [B, H, W, C]; cond float [B], the log-SNR normalised to [0, 1]; label int [B] or None;
-eps_hat float32 with z's shape. See `VDMScoreNet` and `UNet` for the attributes.
+z float [B, H, W, C] (`MLPScoreNet`: any [B, ...]); cond float [B], the log-SNR normalised to
+[0, 1]; label int [B] or None; eps_hat float32 with z's shape. See `VDMScoreNet`, `UNet` and
+`MLPScoreNet` for the attributes.
 """
 from vdm_jax.nets.layers import (AttnBlock, ConditioningEmbedding, GroupNorm, ResnetBlock,
                                  fourier_features, group_norm, num_groups, timestep_embedding)
+from vdm_jax.nets.mlp import MLPScoreNet
 from vdm_jax.nets.unet import UNet
 from vdm_jax.nets.vdm_unet import VDMScoreNet, unscanned_to_scanned
 
 __all__ = [
-    "VDMScoreNet", "UNet", "unscanned_to_scanned", "ResnetBlock", "AttnBlock",
+    "VDMScoreNet", "UNet", "MLPScoreNet", "unscanned_to_scanned", "ResnetBlock", "AttnBlock",
     "ConditioningEmbedding", "GroupNorm", "timestep_embedding", "fourier_features", "num_groups",
     "group_norm",
 ]

@@ -315,9 +315,17 @@ class AttnBlock(nn.Module):
 
 
 def check_inputs(z: jax.Array, cond: jax.Array) -> jax.Array:
-  """Validates the (z, cond) shapes of the score-network contract; returns cond as float32 [B]."""
+  """Validates the (z, cond) shapes of the image networks' contract; returns cond as float32
+  [B]."""
   if z.ndim != 4:
-    raise ValueError(f"z must be [B, H, W, C], got shape {z.shape}")
+    raise ValueError(f"z must be [B, H, W, C], got shape {z.shape}: this network takes images; "
+                     "for data of other shapes use nets.MLPScoreNet (config.model.network="
+                     "'mlp').")
+  return check_cond(z, cond)
+
+
+def check_cond(z: jax.Array, cond: jax.Array) -> jax.Array:
+  """cond as float32 [B] for z [B, ...]: a scalar is broadcast; ValueError for other shapes."""
   cond = jnp.asarray(cond, jnp.float32)
   if cond.ndim == 0:
     cond = jnp.broadcast_to(cond, (z.shape[0],))

@@ -19,13 +19,13 @@ from vdm_jax.config import EvalSpec, RunSpec, SamplingSpec
 
 
 def check_values_fit(spec: RunSpec, split: str, images: np.ndarray) -> None:
-  """Raises ValueError unless the split's values lie in [0, config.model.vocab_size)."""
-  top = int(images.max()) if images.size else 0
-  if top >= spec.model.vocab_size:
-    raise ValueError(
-        f"config.model.vocab_size={spec.model.vocab_size}, but the {split} images of "
-        f"{spec.data.name!r} take values up to {top}: set config.model.vocab_size to "
-        f"{256 if top < 256 else top + 1} ({'8-bit data' if top < 256 else 'its value range'}).")
+  """Raises ValueError unless the config's data model takes the split's values (the data
+  model's own check: integers in [0, config.model.vocab_size), or finite floats)."""
+  try:
+    spec.model.data_model().check_values(images, f"the {split} data of {spec.data.name!r}")
+  except ValueError as e:
+    raise ValueError(f"config.model (data={spec.model.data!r}, vocab_size="
+                     f"{spec.model.vocab_size}): {e}") from None
 
 
 def eval_key(seed: int) -> jax.Array:

@@ -343,15 +343,17 @@ def _log_train(spec: RunSpec, writer, step: int, values: dict, rate: float,
 
 def _log_eval(writer, step: int, result: dict) -> dict:
   logger.info("step %d: eval bpd %.4f +- %.4f (recon %.4f, prior %.4f, diffusion %.4f) on %d "
-              "test images in %.1fs", step, result["eval/bpd"], result["eval/bpd_se"],
+              "test images in %.1fs; %s", step, result["eval/bpd"], result["eval/bpd_se"],
               result["eval/recon_bpd"], result["eval/prior_bpd"], result["eval/diffusion_bpd"],
-              result["eval/num_images"], result["eval/seconds"])
+              result["eval/num_images"], result["eval/seconds"], result["eval/bpd_meaning"])
   return writer.write(step, result)
 
 
 def _write_samples(workdir: Path, writer, model, step: int, images: np.ndarray) -> None:
-  path = workdir / "samples" / f"step_{step}.png"
+  """samples/step_<step>.png (image grids of discrete data) or .npy (anything else)."""
+  stem = workdir / "samples" / f"step_{step}"
   if jax.process_index() == 0:
-    grid = logging_utils.save_image_grid(images, path, vocab_size=model.vocab_size)
-    writer.write_images(step, "samples", grid)
-  logger.info("step %d: wrote %d samples to %s", step, len(images), path)
+    path, grid = logging_utils.save_samples(images, stem, model.vocab_size)
+    if grid is not None:
+      writer.write_images(step, "samples", grid)
+    logger.info("step %d: wrote %d samples to %s", step, len(images), path)

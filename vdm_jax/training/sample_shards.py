@@ -129,8 +129,7 @@ def write_shards(model: model_lib.VDM, variables, spec: SamplingSpec, key: jax.A
                     per_device_batch=per_device_batch, skip=done)
   for chunk in logging_utils.progress_iter(chunks, total, "samples", "chunk",
                                            initial=len(done)):
-    arrays = {"index": chunk.index, "images": chunk.images.astype(
-        np.uint8 if model.vocab_size <= 256 else np.int32)}
+    arrays = {"index": chunk.index, "images": chunk.images.astype(model.data.storage_dtype)}
     if chunk.labels is not None:
       arrays["labels"] = chunk.labels
     path = shard_path(out_dir, chunk.chunk, jax.process_index())
@@ -138,7 +137,8 @@ def write_shards(model: model_lib.VDM, variables, spec: SamplingSpec, key: jax.A
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
     if grid_path is not None and chunk.chunk == 0 and jax.process_index() == 0:
-      logging_utils.save_image_grid(chunk.images[:64], grid_path, vocab_size=model.vocab_size)
+      logging_utils.save_samples(chunk.images[:64], Path(grid_path).with_suffix(""),
+                                 model.vocab_size)
     written += 1
     elapsed = time.perf_counter() - start
     rate = written * chunk_size / elapsed
