@@ -27,7 +27,7 @@ def test_unknown_names_list_the_valid_ones():
 
 def test_dataset_info_needs_no_data():
   assert data.dataset_info("cifar10") == dict(shape=(32, 32, 3), num_classes=10,
-                                              num_train=50000, num_test=10000)
+                                              num_train=50000, num_test=10000, dtype="uint8")
   assert data.dataset_info("emnist/byclass")["num_classes"] == 62
   assert data.dataset_info("emnist/balanced")["num_train"] == 112800
 
@@ -49,7 +49,7 @@ def read_npz(files):
 
 
 def npz_spec(**overrides):
-  fields = dict(shape=(6, 5, 1), num_classes=3, num_train=20, num_test=7,
+  fields = dict(shape=(6, 5, 1), num_classes=3, num_train=20, dtype="uint8", num_test=7,
                 files={"train": "toy-train.npz", "test": ("toy-test.npz",)},
                 reader=read_npz, subdirs=("toy", ""), how_to_get="the toy .npz files")
   return data.DatasetSpec(**{**fields, **overrides})
@@ -68,7 +68,7 @@ def test_registered_dataset_with_its_own_reader(tmp_path, registry):
   data.register_dataset("toy", npz_spec())
   assert "toy" in data.dataset_names() and "mnist" in data.dataset_names()
   assert data.dataset_info("toy") == dict(shape=(6, 5, 1), num_classes=3, num_train=20,
-                                          num_test=7)
+                                          num_test=7, dtype="uint8")
   train_images, train_labels = write_toy(tmp_path / "toy", "train", 20, seed=0)
   test_images, test_labels = write_toy(tmp_path / "toy", "test", 7, seed=1)
   assert data.find_local_files("toy", "test", tmp_path) == [tmp_path / "toy" / "toy-test.npz"]

@@ -62,7 +62,8 @@ def test_fashion_mnist_from_a_system_folder(tmp_path, monkeypatch):
   np.testing.assert_array_equal(np.bincount(y_test), np.full(10, 1000))
   assert abs(x_train.mean() - 72.94) < 0.05
   info = data.dataset_info("fashion_mnist")
-  assert info == dict(shape=(28, 28, 1), num_classes=10, num_train=60000, num_test=10000)
+  assert info == dict(shape=(28, 28, 1), num_classes=10, num_train=60000, num_test=10000,
+                     dtype="uint8")
 
 
 def test_local_files_do_not_import_tensorflow():

@@ -76,10 +76,16 @@ it, and its files are searched like the built-in ones. For KMNIST's .npz files::
       how_to_get="the four kmnist-*.npz files from https://github.com/rois-codh/kmnist"))
   it = data.get_dataset("kmnist", "train", 128, data_dir="/data")
 
+Data of your own (any shape; floats for continuous data models): ``register_arrays(name, train,
+test)`` for arrays in memory, ``register_npz(path)`` for an .npz file with ``x_train``,
+``x_test`` (and optionally ``y_train``, ``y_test``); a dataset name that is the path of such a
+file registers it on first use (``config.data.name = "/data/mine.npz"``).
+
 The built-in formats are readers of the same kind: ``read_idx_split`` and ``read_cifar10_split``.
 Give the spec ``downloads=(data.RemoteFile(url, sha256), ...)`` and ``download_dir=`` to have its
 files fetched like the built-in ones.
 """
+from vdm_jax.data.arrays import register_arrays, register_npz
 from vdm_jax.data.batches import eval_batches, get_dataset, train_batches
 from vdm_jax.data.formats import (
     IDX_IMAGES_MAGIC,
@@ -117,6 +123,8 @@ __all__ = [
     "read_cifar10_split",
     "read_idx",
     "read_idx_split",
+    "register_arrays",
     "register_dataset",
+    "register_npz",
     "train_batches",
 ]

@@ -19,6 +19,8 @@ from vdm_jax.data.formats import read_cifar10_split, read_idx_split
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
+    "ArraysSource",
+    "DTYPES",
     "DatasetSpec",
     "Reader",
     "RemoteFile",
@@ -35,6 +37,11 @@ SPLITS = ("train", "test")
 # reader(files) -> (images uint8 [N, H, W, C] as stored, labels integer [N]); `files` are the
 # paths of one split, one per entry of DatasetSpec.files[split], in that order.
 Reader = Callable[[list[Path]], tuple[np.ndarray, np.ndarray]]
+# arrays(split) -> (data [N, *shape] of the spec's dtype, labels integer [N]): a dataset held in
+# memory (`vdm_jax.data.register_arrays`), read from no file.
+ArraysSource = Callable[[str], tuple[np.ndarray, np.ndarray]]
+# The dtypes a dataset may serve: integers for discrete data models, float32 for continuous ones.
+DTYPES = ("uint8", "int32", "float32")
 
 
 # Archive formats a RemoteFile may be: zip, tar, gzipped tar (by the end of its name).
@@ -98,7 +105,8 @@ class DatasetSpec:
   """What is known about one dataset before reading it.
 
   Attributes:
-    shape: (H, W, C) of one image, as served (after ``transposed`` is undone).
+    shape: the shape of one example as served: (H, W, C) for images (after ``transposed`` is
+      undone), any shape for data served by ``arrays``.
     num_classes: labels lie in [0, num_classes) once ``label_offset`` is subtracted.
     num_train, num_test: examples in the full splits (reported by ``dataset_info``).
     files: per split (``"train"`` and ``"test"``), the files read, in the order the reader gets
@@ -116,14 +124,18 @@ class DatasetSpec:
       or a single archive holding them all. Empty: never downloaded.
     download_dir: the dataset's folder in the download cache and on a mirror (e.g. ``"emnist"``
       for every EMNIST split); required when there are downloads.
+    dtype: what the data are, one of ``DTYPES``: "uint8" for 8-bit images (the files'
+      readers), "int32" for other integers, "float32" for continuous data.
+    arrays: for data in memory, ``arrays(split) -> (data, labels)``; then ``files`` may be
+      empty and nothing is searched or downloaded (``register_arrays`` builds such specs).
   """
 
-  shape: tuple[int, int, int]
+  shape: tuple[int, ...]
   num_classes: int
   num_train: int
   num_test: int
   files: Mapping[str, tuple[tuple[str, ...], ...]]
-  reader: Reader
+  reader: Reader | None = None
   subdirs: tuple[str, ...] = ("",)
   how_to_get: str = "the files listed above"
   tfds_name: str | None = None
@@ -131,6 +143,8 @@ class DatasetSpec:
   label_offset: int = 0
   downloads: tuple[RemoteFile, ...] = ()
   download_dir: str | None = None
+  dtype: str = "uint8"
+  arrays: ArraysSource | None = None
 
   def __post_init__(self):
     # Lists and bare strings are accepted where tuples are meant; the lookups rely on tuples.
@@ -139,7 +153,8 @@ class DatasetSpec:
     object.__setattr__(self, "downloads",
                        (self.downloads,) if isinstance(self.downloads, RemoteFile)
                        else tuple(self.downloads))
-    object.__setattr__(self, "files", _normalised_files(self.files))
+    object.__setattr__(self, "files", {} if self.arrays is not None and not self.files
+                       else _normalised_files(self.files))
     _check_spec(self)
 
 
@@ -161,15 +176,22 @@ def _normalised_files(files) -> dict[str, tuple[tuple[str, ...], ...]]:
 
 def _check_spec(spec: DatasetSpec) -> None:
   """Raises ValueError / TypeError naming the first bad field of `spec`."""
-  if len(spec.shape) != 3 or not all(_is_int(d) and d > 0 for d in spec.shape):
-    raise ValueError(f"DatasetSpec.shape must be 3 positive integers (H, W, C), got {spec.shape}.")
+  rank_ok = len(spec.shape) >= 1 if spec.arrays is not None else len(spec.shape) == 3
+  if not rank_ok or not all(_is_int(d) and d > 0 for d in spec.shape):
+    want = "positive integers" if spec.arrays is not None else "3 positive integers (H, W, C)"
+    raise ValueError(f"DatasetSpec.shape must be {want}, got {spec.shape}.")
+  if spec.dtype not in DTYPES:
+    raise ValueError(f"DatasetSpec.dtype must be one of {DTYPES}, got {spec.dtype!r}.")
+  if spec.arrays is not None and not callable(spec.arrays):
+    raise TypeError(f"DatasetSpec.arrays must be callable as arrays(split) -> (data, labels) "
+                    f"or None, got {spec.arrays!r}.")
   for field in ("num_classes", "num_train", "num_test"):
     value = getattr(spec, field)
     if not _is_int(value) or value < 1:
       raise ValueError(f"DatasetSpec.{field} must be a positive integer, got {value!r}.")
   if not _is_int(spec.label_offset):
     raise ValueError(f"DatasetSpec.label_offset must be an integer, got {spec.label_offset!r}.")
-  if not callable(spec.reader):
+  if spec.arrays is None and not callable(spec.reader):
     raise TypeError(f"DatasetSpec.reader must be callable as reader(files) -> (images, labels), "
                     f"got {spec.reader!r}.")
   if not all(isinstance(s, str) for s in spec.subdirs):
@@ -341,7 +363,15 @@ def dataset_names() -> list[str]:
 
 
 def get_spec(name: str) -> DatasetSpec:
-  """The spec of `name`; ValueError listing the valid names if unknown."""
+  """The spec of `name`; ValueError listing the valid names if unknown.
+
+  A name that is the path of an existing .npz file is registered on first use
+  (``vdm_jax.data.register_npz``), so configs and the command line can name such files.
+  """
+  if name not in _SPECS and isinstance(name, str) and name.endswith(".npz") and \
+      os.path.isfile(name):
+    from vdm_jax.data import arrays   # it builds specs of this module
+    arrays.register_npz(name)
   if name not in _SPECS:
     raise ValueError(f"Unknown dataset {name!r}; valid names: {', '.join(dataset_names())}.")
   return _SPECS[name]
@@ -357,9 +387,10 @@ def dataset_info(name: str) -> dict:
   """Static facts about a dataset, without reading any data.
 
   Returns:
-    dict with ``shape`` (H, W, C) of one image, ``num_classes`` (labels lie in
-    [0, num_classes)), ``num_train`` and ``num_test`` (examples in the full splits).
+    dict with ``shape`` of one example ((H, W, C) for images), ``num_classes`` (labels lie in
+    [0, num_classes)), ``num_train`` and ``num_test`` (examples in the full splits) and
+    ``dtype`` (one of ``DTYPES``).
   """
   spec = get_spec(name)
   return dict(shape=spec.shape, num_classes=spec.num_classes,
-              num_train=spec.num_train, num_test=spec.num_test)
+              num_train=spec.num_train, num_test=spec.num_test, dtype=spec.dtype)

@@ -121,9 +121,9 @@ def _standardise(spec: DatasetSpec, images: np.ndarray, labels: np.ndarray,
                  source: str) -> tuple[np.ndarray, np.ndarray]:
   """Applies the conventions (upright, labels from 0, writable) and checks shapes and labels."""
   images, labels = np.asarray(images), np.asarray(labels)
-  if images.dtype != np.uint8 or not np.issubdtype(labels.dtype, np.integer):
+  if images.dtype != np.dtype(spec.dtype) or not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f"{source}: images {images.dtype} / labels {labels.dtype}, "
-                     "expected uint8 / integers.")
+                     f"expected {spec.dtype} / integers.")
   if spec.transposed and images.ndim == 4:
     images = images.transpose(0, 2, 1, 3)
   images = np.ascontiguousarray(images)
@@ -153,8 +153,9 @@ def load_arrays(name: str, split: str,
     data_dir: folder searched first for local files; also tfds's data_dir.
 
   Returns:
-    images uint8 [N, H, W, C] (upright) and labels int32 [N] in [0, num_classes), both writable
-    and in the source's order.
+    images uint8 [N, H, W, C] (upright; for datasets of ``register_arrays``, [N, *shape] of the
+    spec's dtype) and labels int32 [N] in [0, num_classes), both writable and in the source's
+    order.
 
   Raises:
     ValueError: unknown name or split; corrupt or inconsistent files.
@@ -166,6 +167,10 @@ def load_arrays(name: str, split: str,
   """
   spec = get_spec(name)
   check_split(split)
+  if spec.arrays is not None:   # held in memory: nothing to find
+    images, labels = _standardise(spec, *spec.arrays(split), f"the arrays of {name!r}")
+    logger.info("%s %s: %d examples %s from memory", name, split, len(images), images.shape[1:])
+    return images, labels
   files = find_local_files(name, split, data_dir) or download.cached_files(spec, split)
   if files is None:
     try:
