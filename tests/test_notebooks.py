@@ -1,6 +1,7 @@
-"""The notebooks run end to end (small settings via VDM_NOTEBOOK_FAST=1) as on a fresh Colab
-runtime: in a Python environment where vdm_jax is not importable until their first cell installs
-it, with Fashion-MNIST downloaded from a local mirror; their cells assert numbers."""
+"""The notebooks run end to end (small settings via VDM_NOTEBOOK_FAST=1 where a notebook has
+them; 2d_swirl runs its full settings) as on a fresh Colab runtime: in a Python environment where
+vdm_jax is not importable until their first cell installs it, with Fashion-MNIST downloaded from a
+local mirror; their cells assert numbers."""
 import json
 import pathlib
 import shutil
@@ -16,10 +17,13 @@ from test_data_download import FileServer, published_fashion_mnist
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# The Fashion-MNIST splits each notebook downloads; 2d_swirl makes its own data.
+DOWNLOADS = {"01_vdm_tour": ["t10k"], "02_train_and_sample": ["train", "t10k"], "2d_swirl": []}
 
 
 def test_notebooks_are_stored_without_outputs():
-  assert [p.name for p in NOTEBOOKS] == ["01_vdm_tour.ipynb", "02_train_and_sample.ipynb"]
+  assert [p.name for p in NOTEBOOKS] == ["01_vdm_tour.ipynb", "02_train_and_sample.ipynb",
+                                         "2d_swirl.ipynb"]
   for path in NOTEBOOKS:
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
@@ -37,6 +41,13 @@ def test_first_cell_names_one_source_and_installs_from_it():
     assert source.splitlines()[3] == 'VDM_JAX_SOURCE = ""', path.name   # named once, at the top
     assert source.count("VDM_JAX_SOURCE =") == 2   # the default and the environment's override
     assert '"pip", "install", "-q", VDM_JAX_SOURCE]' in source
+
+
+def test_swirl_notebook_has_a_colab_badge_linking_to_itself():
+  first = nbformat.read(ROOT / "notebooks" / "2d_swirl.ipynb", as_version=4).cells[0]
+  assert first.cell_type == "markdown"
+  assert "(https://colab.research.google.com/assets/colab-badge.svg)" in first.source
+  assert "/vdm_jax/blob/main/notebooks/2d_swirl.ipynb)" in first.source
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +149,6 @@ def test_notebook_runs(path, wheel, fresh_python, mirror, monkeypatch, tmp_path)
   printed = "".join(o.get("text", "") for o in nb.cells[1].outputs)
   assert f"vdm_jax: {python.parents[1]}/lib/" in printed   # the copy the first cell installed
   assert "JAX devices: [Cpu" in printed
-  splits = ["train", "t10k"] if "train" in path.stem else ["t10k"]
   assert sorted(mirror.requests) == sorted(
-      f"/fashion_mnist/{split}-{kind}-ubyte.gz" for split in splits
+      f"/fashion_mnist/{split}-{kind}-ubyte.gz" for split in DOWNLOADS[path.stem]
       for kind in ("images-idx3", "labels-idx1"))
