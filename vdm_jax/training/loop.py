@@ -54,6 +54,9 @@ class Every:
     return last if self.n <= 0 else min(last, (step // self.n + 1) * self.n)
 
 
+MAX_CALLS_IN_FLIGHT = 2
+
+
 class _Pending:
   """Metrics of train calls not yet looked at (device arrays; fetched when an action is due)."""
 
@@ -61,7 +64,15 @@ class _Pending:
     self.items: list[tuple[int, Mapping[str, jax.Array]]] = []
 
   def add(self, first_step: int, metrics: Mapping[str, jax.Array]) -> None:
+    """Records a call's metrics, and waits for the call before the previous one: at most
+    MAX_CALLS_IN_FLIGHT train calls are dispatched and unfinished at any time. Why: XLA:CPU
+    runs the calls of a multi-device program on one thread pool, and with many such calls
+    queued the devices' threads can sit in the all-reduces of different calls (a rendezvous
+    that never completes; XLA ends the process after 40 s). Two in flight keep the
+    accelerator busy while the host prepares the next batch."""
     self.items.append((first_step, metrics))
+    if len(self.items) > MAX_CALLS_IN_FLIGHT - 1:
+      jax.block_until_ready(self.items[-MAX_CALLS_IN_FLIGHT][1])
 
   def collect(self) -> tuple[dict[str, np.ndarray], list[int]]:
     """Fetches everything: ({key: values over steps}, [1-based step numbers]); clears."""
