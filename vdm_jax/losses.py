@@ -1,7 +1,8 @@
 """The VDM loss: the negative ELBO as recon + prior + diffusion, in nats per example.
 
-    recon     = E_q(z_0|x) [-log p(x | z_0)]                    (one z_0 sample)
-    prior     = KL(q(z_1 | x) || N(0, I))                       (closed form)
+    recon     = E_q(z_0|x) [-log p(x | z_0)]                    (one z_0 sample; the data model's
+                                                                 decoder, `vdm_jax.likelihood`)
+    prior     = KL(q(z_1 | x) || N(0, I))                       (closed form; x encoded)
     diffusion = continuous time (T = 0):  0.5 gamma'(t) ||eps - eps_hat(z_t; gamma_t)||^2, t ~ U(0, 1)
                 discrete time T:          0.5 T expm1(gamma_t - gamma_s) ||eps - eps_hat||^2,
                                           t = i / T, s = (i - 1) / T, i ~ U{1..T}
@@ -9,6 +10,10 @@
 One time per example; with `antithetic=True` the batch shares one uniform u and uses the
 low-discrepancy times t_b = (u + b / B) mod 1 (for discrete time this puts exactly B / T examples
 on each step when T divides B). gamma'(t) is the exact derivative of `gamma_fn` (a jvp).
+
+The data x enter through a data model (`data=`): `likelihood.Discrete` (integers, the default;
+`vocab_size=` is its shorthand) or `likelihood.Continuous` (floats of any shape), which checks
+and encodes x and gives the recon term.
 """
 from __future__ import annotations
 
