@@ -10,12 +10,13 @@ z float [B, H, W, C] (`MLPScoreNet`: any [B, ...]); cond float [B], the log-SNR 
 """
 from vdm_jax.nets.layers import (AttnBlock, ConditioningEmbedding, GroupNorm, ResnetBlock,
                                  fourier_features, group_norm, num_groups, timestep_embedding)
+from vdm_jax.nets.classifier import Classifier
 from vdm_jax.nets.mlp import MLPScoreNet
 from vdm_jax.nets.unet import UNet
 from vdm_jax.nets.vdm_unet import VDMScoreNet, unscanned_to_scanned
 
 __all__ = [
-    "VDMScoreNet", "UNet", "MLPScoreNet", "unscanned_to_scanned", "ResnetBlock", "AttnBlock",
+    "VDMScoreNet", "UNet", "MLPScoreNet", "Classifier", "unscanned_to_scanned", "ResnetBlock", "AttnBlock",
     "ConditioningEmbedding", "GroupNorm", "timestep_embedding", "fourier_features", "num_groups",
     "group_norm",
 ]
