@@ -6,6 +6,7 @@
     python -m experiments.train --workdir=/tmp/qs --mode=eval            # test bpd, latest ckpt
     python -m experiments.train --workdir=/tmp/qs --mode=eval --checkpoint_step=1000
     python -m experiments.train --workdir=/tmp/qs --mode=sample --num_samples=100
+    python -m experiments.train --workdir=/tmp/qs --mode=sample_eval      # FD, KID, P/R
 
 --mode=train resumes from the newest usable checkpoint in <workdir>/checkpoints when there is
 one (a damaged step is skipped with a warning); one run at a time per workdir (a lock), and
@@ -16,7 +17,12 @@ and writes it to <workdir>/eval_step_<step>.json (metrics.jsonl is the training 
 --mode=sample draws --num_samples images over every device of every process, in chunks, into
 shard files <workdir>/samples_step_<step>/chunk_<c>-process_<p>.npz (uint8 images, labels,
 sample ids; a rerun completes what is missing) and a grid <workdir>/samples_step_<step>.png.
-For eval and sample, --config defaults to the copy the training run left in <workdir>/config.json.
+--mode=sample_eval draws config.sample_eval.num_samples (or --num_samples) samples with its
+sampler and prints FD, KID (+- std), precision and recall against the test split in the
+feature network's space (and its class accuracy on conditional samples), written to
+<workdir>/sample_eval_step_<step>_<sampler>-<T>_n<N>.json; the test statistics are cached.
+For eval, sample and sample_eval, --config defaults to the copy the training run left in
+<workdir>/config.json (pass --config=<file> to override its fields, e.g. the sampler).
 --official_checkpoint=<path> evaluates or samples a checkpoint of the official VDM code (a
 ckpt-<n>.flax file or the checkpoints-0 folder holding it) instead, for the official-layout model
 that --config describes (experiments/configs/cifar10_paper.py for its CIFAR-10 model); results go
@@ -36,10 +42,13 @@ config_flags.DEFINE_config_file(
     "config", None, "Config file (experiments/configs/<name>.py); override fields with "
     "--config.<group>.<key>=<value>.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics, samples, config copy.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to do.")
-flags.DEFINE_integer("checkpoint_step", None, "eval/sample: this step instead of the latest.")
-flags.DEFINE_integer("num_samples", None, "sample: how many (default config.sampling.num_samples).")
-flags.DEFINE_integer("sample_seed", None, "sample: PRNG seed (default derived from the config).")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "sample_eval"], "What to do.")
+flags.DEFINE_integer("checkpoint_step", None, "eval/sample/sample_eval: this step instead of "
+                     "the latest.")
+flags.DEFINE_integer("num_samples", None, "sample/sample_eval: how many (default "
+                     "config.sampling.num_samples / config.sample_eval.num_samples).")
+flags.DEFINE_integer("sample_seed", None, "sample/sample_eval: PRNG seed (default derived from "
+                     "the config).")
 flags.DEFINE_string("official_checkpoint", None, "eval/sample: a checkpoint of the official VDM "
                     "code (ckpt-<n>.flax, or the folder holding it) instead of the workdir's; "
                     "--config must describe its model (e.g. configs/cifar10_paper.py).")
@@ -75,7 +84,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
 
   if FLAGS.official_checkpoint is not None and FLAGS.mode == "train":
-    raise app.UsageError("--official_checkpoint is for --mode=eval and --mode=sample.")
+    raise app.UsageError("--official_checkpoint is for --mode=eval, sample and sample_eval.")
   config = FLAGS.config
   if config is None:
     if FLAGS.mode == "train":
@@ -99,6 +108,12 @@ def main(argv):
     print(f"step {record['step']}: test bpd {record['eval/bpd']:.4f} +- "
           f"{record['eval/bpd_se']:.4f} over {record['eval/num_images']} images ({terms}); "
           f"{record['eval/bpd_meaning']}")
+    print(json.dumps(record))
+  elif FLAGS.mode == "sample_eval":
+    record = training.sample_eval_checkpoint(spec, FLAGS.workdir, FLAGS.checkpoint_step,
+                                             FLAGS.num_samples, seed=FLAGS.sample_seed,
+                                             official_checkpoint=FLAGS.official_checkpoint)
+    print(training.sample_eval.summary(record["step"], record))
     print(json.dumps(record))
   else:
     out = training.sample_checkpoint(spec, FLAGS.workdir, FLAGS.checkpoint_step,

@@ -17,6 +17,7 @@ import bench  # noqa: E402
 import flops  # noqa: E402
 import ode_bound  # noqa: E402
 import profile_step  # noqa: E402
+import sample_quality  # noqa: E402
 
 from experiments.configs import base  # noqa: E402
 from helpers_train import tiny_config  # noqa: E402
@@ -283,3 +284,35 @@ def test_ode_bound_resumes_with_the_same_numbers_and_summarizes_them(tmp_path):
   out.write_text("{not json\n" + json.dumps(lines[1]) + "\n")
   with pytest.raises(SystemExit, match="line 1: not a record"):
     ode_bound.main([*args, "--summary_only"])
+
+
+def test_sample_quality_rows_start_from_one_noise_and_the_floor_beats_an_untrained_model(
+    tmp_path):
+  spec = config_lib.resolve(tiny_config(**{
+      "sample_eval.num_samples": 12, "sample_eval.max_features": 12,
+      "sample_eval.kid_subsets": 3, "sample_eval.kid_subset_size": 6,
+      "sample_eval.per_device_batch": 1, "sample_eval.cache_dir": str(tmp_path / "cache")}))
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints").mkdir(parents=True)
+  (workdir / "config.json").write_text(spec.to_json())
+  state = training.create_state(spec.model.build(), training.make_optimizer(spec.optimizer, 2),
+                                0, parallel.make_mesh())
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
+  ckpt.save(0, state)
+  ckpt.close()
+  out = tmp_path / "rows.jsonl"
+  rows = sample_quality.main([f"--workdir={workdir}", "--num_samples=12", "--rows=ddim:2,ancestral:2",
+                              "--floor", f"--reference_workdir={workdir}", f"--out={out}"])
+  by_row = {r["row"]: r for r in rows}
+  assert [json.loads(line)["row"] for line in out.read_text().splitlines()] == [
+      "floor: training images", "reference run, ddim:2", "ddim:2", "ancestral:2"]
+  # The reference run is this run again with the same sampler: the same samples, the same FD.
+  assert by_row["reference run, ddim:2"]["fd"] == by_row["ddim:2"]["fd"]
+  assert by_row["ddim:2"]["nfe"] == 2
+  assert by_row["ancestral:2"]["fd"] != by_row["ddim:2"]["fd"]
+  # Training images against the test split score better than an untrained network's samples.
+  floor = by_row["floor: training images"]
+  assert floor["fd"] < min(by_row["ddim:2"]["fd"], by_row["ancestral:2"]["fd"])
+  assert floor["recall"] > by_row["ddim:2"]["recall"]
+  for r in rows[1:]:
+    assert r["num_samples"] == 12 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1

@@ -11,7 +11,7 @@ was wrong and what to set, before any data is read or anything is compiled or wr
 
 Groups and their specs: data -> DataSpec, model -> ModelSpec (with one sub-group per network,
 e.g. model.unet; only the chosen network's is read), training -> LoopSpec, optimizer ->
-OptimizerSpec, eval -> EvalSpec, sampling -> SamplingSpec. `RunSpec.to_dict()` is the resolved
+OptimizerSpec, eval -> EvalSpec, sampling -> SamplingSpec, sample_eval -> SampleEvalSpec. `RunSpec.to_dict()` is the resolved
 config again (what a run writes to config.json), and `from_json` reads that back.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np
 
 from vdm_jax import data, evaluation, likelihood, ode, parallel, sampling
 from vdm_jax import model as model_lib
+from vdm_jax.metrics import features as feature_networks
 
 DECAYS = ("none", "linear", "cosine")
 # Which parameters weight decay applies to (`training.optimizer.decay_mask`).
@@ -167,6 +168,51 @@ class SamplingSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class SampleEvalSpec:
+  """Sample quality (`training.sample_eval`): FD, KID and precision/recall of `num_samples`
+  samples against a split of the data, in the feature space of a feature network.
+
+  every_steps: the training loop's interval (0: never; `--mode=sample_eval` runs it on a
+    checkpoint whatever its value). The samples: sampler, T, eta, guidance_weight, rtol, atol
+    as in SamplingSpec, drawn in chunks of per_device_batch images per device.
+  feature_network: a network shipped with the package (`metrics.features.SHIPPED`), "auto"
+    (the one named like the dataset, if any), or unused when feature_weights is set: a weights
+    file of experiments/train_classifier.py with its sha256 (`metrics.load_weights_file`).
+  reference_split: the split whose statistics the samples are compared with; they are computed
+    once and cached in cache_dir (None: $VDM_CACHE_DIR or ~/.cache/vdm_jax), keyed by the
+    feature network's sha256, the dataset and split and their content.
+  max_features: KID and precision/recall use the features of the first max_features samples
+    and reference images (FD uses all of them); kid_subsets x kid_subset_size as
+    `metrics.kernel_inception_distance`; pr_k the k of `metrics.precision_recall`.
+  Every field has its default here, the one source base.py reads: a config written before the
+  group existed resolves with them."""
+  every_steps: int = 0
+  num_samples: int = 2000
+  sampler: str = "ddim"
+  T: int = 50
+  eta: float | None = None
+  guidance_weight: float = 0.0
+  per_device_batch: int = 64
+  rtol: float = ode.RTOL
+  atol: float = ode.ATOL
+  feature_network: str = "auto"
+  feature_weights: str | None = None
+  feature_sha256: str | None = None
+  reference_split: str = "test"
+  max_features: int = 10_000
+  kid_subsets: int = 100
+  kid_subset_size: int = 1000
+  pr_k: int = 3
+  cache_dir: str | None = None
+
+  def sampling(self) -> SamplingSpec:
+    """The samples' settings as a SamplingSpec (what `sample_shards.generate` takes)."""
+    return SamplingSpec(sampler=self.sampler, T=self.T, num_samples=self.num_samples,
+                        eta=self.eta, guidance_weight=self.guidance_weight,
+                        per_device_batch=self.per_device_batch, rtol=self.rtol, atol=self.atol)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunSpec:
   """Everything a run needs, checked."""
   data: DataSpec
@@ -175,6 +221,7 @@ class RunSpec:
   training: LoopSpec
   eval: EvalSpec
   sampling: SamplingSpec
+  sample_eval: SampleEvalSpec = SampleEvalSpec()
 
   def to_dict(self) -> dict:
     """The resolved config as plain data, in the layout of the config files."""
@@ -362,26 +409,61 @@ def _eval_spec(config, num_devices: int, num_processes: int) -> EvalSpec:
   return spec
 
 
-def _sampling_spec(config, model_spec: ModelSpec) -> SamplingSpec:
-  g = _group(config, "sampling", SamplingSpec)
-  w = "config.sampling."
-  spec = SamplingSpec(
+def _sampler_fields(g: dict, w: str, model_spec: ModelSpec) -> dict:
+  """The checked sampler fields (those of SamplingSpec but num_samples) of group `w`."""
+  out = dict(
       sampler=_choice(w + "sampler", g["sampler"], sampling.SAMPLERS),
       T=_int(w + "T", g["T"], 1),
-      num_samples=_int(w + "num_samples", g["num_samples"], 1),
       eta=_float(w + "eta", g["eta"], 0.0, 1.0, allow_none=True),
       guidance_weight=_float(w + "guidance_weight", g["guidance_weight"], 0.0),
       per_device_batch=_int(w + "per_device_batch", g["per_device_batch"], 1),
       rtol=_float(w + "rtol", g["rtol"], 0.0, 1.0, low_open=True, high_open=True),
       atol=_float(w + "atol", g["atol"], 0.0, 1.0, low_open=True, high_open=True))
   try:
-    sampling.resolve_eta(spec.sampler, spec.eta)
+    sampling.resolve_eta(out["sampler"], out["eta"])
   except ValueError as e:
     raise ValueError(f"{w[:-1]}: {e}") from None
-  if spec.guidance_weight and not model_spec.num_classes:
-    raise ValueError(f"{w}guidance_weight={spec.guidance_weight} needs a class-conditional "
+  if out["guidance_weight"] and not model_spec.num_classes:
+    raise ValueError(f"{w}guidance_weight={out['guidance_weight']} needs a class-conditional "
                      "model: set config.model.num_classes (and label_dropout > 0 to train the "
                      "unconditional model too), or guidance_weight=0.")
+  return out
+
+
+def _sampling_spec(config, model_spec: ModelSpec) -> SamplingSpec:
+  g = _group(config, "sampling", SamplingSpec)
+  w = "config.sampling."
+  return SamplingSpec(num_samples=_int(w + "num_samples", g["num_samples"], 1),
+                      **_sampler_fields(g, w, model_spec))
+
+
+def _sample_eval_spec(config, model_spec: ModelSpec, data_spec: DataSpec) -> SampleEvalSpec:
+  # A config written before the group existed has none: every field takes its default.
+  g = _group(config if "sample_eval" in config else {"sample_eval": {}}, "sample_eval",
+             SampleEvalSpec)
+  w = "config.sample_eval."
+  names = ("auto", *feature_networks.SHIPPED)
+  spec = SampleEvalSpec(
+      every_steps=_int(w + "every_steps", g["every_steps"]),
+      num_samples=_int(w + "num_samples", g["num_samples"], 2),
+      feature_network=_choice(w + "feature_network", g["feature_network"], names),
+      feature_weights=None if g["feature_weights"] is None else str(g["feature_weights"]),
+      feature_sha256=None if g["feature_sha256"] is None else str(g["feature_sha256"]),
+      reference_split=_choice(w + "reference_split", g["reference_split"], data.SPLITS),
+      max_features=_int(w + "max_features", g["max_features"], 2),
+      kid_subsets=_int(w + "kid_subsets", g["kid_subsets"], 1),
+      kid_subset_size=_int(w + "kid_subset_size", g["kid_subset_size"], 2),
+      pr_k=_int(w + "pr_k", g["pr_k"], 1),
+      cache_dir=None if g["cache_dir"] is None else str(g["cache_dir"]),
+      **_sampler_fields(g, w, model_spec))
+  if (spec.feature_weights is None) != (spec.feature_sha256 is None):
+    raise ValueError(f"{w}feature_weights and {w}feature_sha256 go together: a weights file of "
+                     "experiments/train_classifier.py and the sha256 its run wrote to "
+                     "result.json (or neither, for config.sample_eval.feature_network).")
+  if spec.pr_k >= min(spec.num_samples, spec.max_features):
+    raise ValueError(f"{w}pr_k={spec.pr_k} needs more than {spec.pr_k} samples kept: raise "
+                     f"{w}num_samples ({spec.num_samples}) and {w}max_features "
+                     f"({spec.max_features}), or lower pr_k.")
   return spec
 
 
@@ -405,4 +487,5 @@ def resolve(config: Mapping[str, Any], *, num_devices: int | None = None,
   return RunSpec(data=data_spec, model=model_spec, optimizer=_optimizer_spec(config),
                  training=_loop_spec(config, num_devices, num_processes),
                  eval=_eval_spec(config, num_devices, num_processes),
-                 sampling=_sampling_spec(config, model_spec))
+                 sampling=_sampling_spec(config, model_spec),
+                 sample_eval=_sample_eval_spec(config, model_spec, data_spec))

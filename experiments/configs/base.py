@@ -12,7 +12,7 @@ ones). Any field can be overridden on the command line (--config.<group>.<field>
 import ml_collections
 
 from vdm_jax import schedules
-from vdm_jax.config import EvalSpec, ModelSpec, OptimizerSpec, SamplingSpec
+from vdm_jax.config import EvalSpec, ModelSpec, OptimizerSpec, SampleEvalSpec, SamplingSpec
 
 placeholder = ml_collections.config_dict.placeholder
 
@@ -98,5 +98,21 @@ def get_config() -> ml_collections.ConfigDict:
       per_device_batch=SamplingSpec.per_device_batch,
       rtol=SamplingSpec.rtol,       # ode: the solver's relative tolerance
       atol=SamplingSpec.atol,       # ode: the solver's absolute tolerance
+  )
+  S = SampleEvalSpec
+  c.sample_eval = dict(             # sample quality (FD, KID, precision/recall); --mode=sample_eval
+      every_steps=S.every_steps,    # training interval in steps; 0 = never
+      num_samples=S.num_samples,    # samples drawn (the same count makes FDs comparable)
+      sampler=S.sampler, T=S.T, eta=placeholder(float),   # as config.sampling
+      guidance_weight=S.guidance_weight,
+      per_device_batch=S.per_device_batch, rtol=S.rtol, atol=S.atol,
+      feature_network=S.feature_network,   # auto (named like the dataset) | a shipped network
+      feature_weights=placeholder(str),    # or your own: a train_classifier.py weights file
+      feature_sha256=placeholder(str),     # ... and its sha256 (its run's result.json)
+      reference_split=S.reference_split,   # compared with this split's features (cached)
+      max_features=S.max_features,  # KID and precision/recall on the first this many
+      kid_subsets=S.kid_subsets, kid_subset_size=S.kid_subset_size,
+      pr_k=S.pr_k,                  # k of the k-NN manifolds (precision/recall)
+      cache_dir=placeholder(str),   # reference statistics; None: $VDM_CACHE_DIR, ~/.cache/vdm_jax
   )
   return c

@@ -7,12 +7,15 @@
 
 Modules, one job each: `optimizer` (AdamW, schedules, weight-decay mask, EMA decay), `state`
 (TrainState and the one function that builds it), `step` (objective + update, jit-compiled and
-data-parallel), `actions` (eval and sample of given parameters), `loop` (the periodic actions),
-`modes` (eval / sample from a checkpoint).
+data-parallel), `actions` (eval and sample of given parameters), `sample_eval` (FD, KID and
+precision/recall of samples), `sample_shards` (many samples in chunks), `loop` (the periodic
+actions), `modes` (eval / sample / sample_eval from a checkpoint).
 """
 from vdm_jax.training.actions import evaluate_params, sample_params
 from vdm_jax.training.loop import Every, TrainingDiverged, train_and_evaluate
-from vdm_jax.training.modes import evaluate_checkpoint, restore_state, sample_checkpoint
+from vdm_jax.training.modes import (evaluate_checkpoint, restore_state, sample_checkpoint,
+                                    sample_eval_checkpoint)
+from vdm_jax.training.sample_eval import SampleEvaluator
 from vdm_jax.training.optimizer import (decay_mask, ema_decay, learning_rate,
                                         learning_rate_schedule, make_optimizer)
 from vdm_jax.training.state import TrainState, abstract_state, create_state, init_state
@@ -22,6 +25,7 @@ __all__ = [
     "Every", "TrainState", "TrainingDiverged", "abstract_state", "compiled_train_step",
     "create_state", "decay_mask", "ema_decay", "evaluate_checkpoint", "evaluate_params",
     "init_state", "learning_rate", "learning_rate_schedule", "loss_fn", "make_optimizer",
-    "make_train_step", "restore_state", "sample_checkpoint", "sample_params",
+    "make_train_step", "restore_state", "SampleEvaluator", "sample_checkpoint",
+    "sample_eval_checkpoint", "sample_params",
     "train_and_evaluate",
 ]

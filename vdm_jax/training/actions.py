@@ -1,8 +1,9 @@
 """What a run does besides stepping: test-set bpd and sample grids of given parameters.
 
 Used by the training loop (periodically, on the EMA parameters) and by the checkpoint modes.
-The random keys are fixed per run (`eval_key`, `sample_key`), so evaluating the same checkpoint
-twice gives the same number, and sample grids of successive steps start from the same noise.
+The random keys are fixed per run (`eval_key`, `sample_key`, `sample_eval_key`), so evaluating
+the same checkpoint twice gives the same number, and the samples of successive steps start from
+the same noise.
 """
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ def eval_key(seed: int) -> jax.Array:
 
 def sample_key(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), 2)
+
+
+def sample_eval_key(seed: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 3)
 
 
 def evaluate_params(model: model_lib.VDM, params, spec: EvalSpec,

@@ -1,4 +1,5 @@
-"""The training loop: steps, and the periodic actions (log, checkpoint, eval, sample).
+"""The training loop: steps, and the periodic actions (log, checkpoint, eval, sample, and sample
+quality when config.sample_eval.every_steps > 0).
 
     from vdm_jax import config as config_lib, training
     training.train_and_evaluate(config_lib.resolve(config), workdir)   # resumes if it can
@@ -27,7 +28,7 @@ from vdm_jax import checkpoint as checkpoint_lib
 from vdm_jax import data, logging_utils, parallel
 from vdm_jax import model as model_lib
 from vdm_jax.config import RunSpec
-from vdm_jax.training import actions
+from vdm_jax.training import actions, sample_eval
 from vdm_jax.training import optimizer as optimizer_lib
 from vdm_jax.training import state as state_lib
 from vdm_jax.training import step as step_lib
@@ -155,10 +156,13 @@ def train_and_evaluate(spec: RunSpec, workdir: str | Path, *,
 
   Logs every spec.training.log_every steps, checkpoints every checkpoint_every (keeping
   keep_checkpoints), evaluates the EMA parameters on the test split every eval_every and
-  writes sample grids every sample_every steps, and does each at the last step. SIGTERM (a
-  pre-emption) saves a checkpoint at the next step boundary and returns.
+  writes sample grids every sample_every steps, and does each at the last step; with
+  spec.sample_eval.every_steps > 0, also the sample quality of the EMA parameters
+  (`sample_eval.SampleEvaluator`: FD, KID, precision/recall) then and at the last step.
+  SIGTERM (a pre-emption) saves a checkpoint at the next step boundary and returns.
 
-  Before anything is compiled: both data splits are read and checked against the model, the
+  Before anything is compiled: both data splits are read and checked against the model (and
+  the feature network of sample evaluation against the model's samples), the
   workdir is locked (`WorkdirLock`), the checkpoint (if any) is restored and compared with the
   config (dataset, seed, image shape, state structure); only then are `config.json` and
   `metrics.jsonl` (cut back to the restored step, so it holds one history) written.
@@ -180,6 +184,10 @@ def train_and_evaluate(spec: RunSpec, workdir: str | Path, *,
   test_split = data.load_arrays(spec.data.name, "test", spec.data.data_dir)
   actions.check_values_fit(spec, "train", train_split[0])
   actions.check_values_fit(spec, "test", test_split[0])
+  evaluator = None
+  if spec.sample_eval.every_steps > 0:
+    split = {"train": train_split, "test": test_split}[spec.sample_eval.reference_split]
+    evaluator = sample_eval.SampleEvaluator(spec, model, split[0])
   workdir = Path(workdir)
   with workdir_lib.WorkdirLock(workdir):
     ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints",
@@ -195,7 +203,7 @@ def train_and_evaluate(spec: RunSpec, workdir: str | Path, *,
       writer = logging_utils.MetricsWriter(workdir, enabled=jax.process_index() == 0)
       try:
         return _run(spec, workdir, model, optimizer, state, mesh, writer, ckpt, train_split,
-                    test_split)
+                    test_split, evaluator)
       finally:
         writer.close()
     finally:
@@ -223,7 +231,7 @@ def _restore_or_init(spec: RunSpec, model, optimizer, mesh, ckpt, allow_config_c
 
 
 def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, mesh, writer,
-         ckpt, train_split, test_split) -> dict:
+         ckpt, train_split, test_split, evaluator) -> dict:
   loop, num_steps, step = spec.training, spec.training.num_steps, int(state.step)
   _log_start(spec, model, state, mesh, writer, step)
   train_step = step_lib.compiled_train_step(model, optimizer, mesh,
@@ -257,8 +265,15 @@ def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, m
     _write_samples(workdir, writer, model, step, actions.sample_params(
         model, state.ema_params, spec.sampling, actions.sample_key(loop.seed)))
 
+  def sample_quality(step, _=None):
+    result = evaluator(model, state.ema_params, mesh, actions.sample_eval_key(loop.seed))
+    logger.info("%s", sample_eval.summary(step, result))
+    writer.write(step, result)
+
   periodic = [(Every(loop.log_every), log), (Every(loop.checkpoint_every), save),
               (Every(loop.eval_every), evaluate), (Every(loop.sample_every), sample)]
+  if evaluator is not None:   # every_steps > 0 (Every(0) would still be due at the last step)
+    periodic.append((Every(spec.sample_eval.every_steps), sample_quality))
   pending, throughput, start_step = _Pending(), _Throughput(step), step
   with _Preemption() as preempted, logging_utils.Progress(num_steps, "train", "step",
                                                          initial=step) as bar:
@@ -288,6 +303,8 @@ def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, m
   if start_step == num_steps:   # a finished run: evaluate and sample its final state again
     evaluate(step)
     sample(step)
+    if evaluator is not None:
+      sample_quality(step)
   save(step)
   ckpt.wait()
   writer.flush()

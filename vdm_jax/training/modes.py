@@ -1,5 +1,5 @@
-"""Evaluating and sampling a trained run's checkpoint (the CLI's --mode=eval / --mode=sample),
-or a checkpoint of the official VDM code (`official_checkpoint`)."""
+"""Evaluating and sampling a trained run's checkpoint (the CLI's --mode=eval / --mode=sample /
+--mode=sample_eval), or a checkpoint of the official VDM code (`official_checkpoint`)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import jax
 from vdm_jax import checkpoint as checkpoint_lib
 from vdm_jax import data, parallel
 from vdm_jax.config import RunSpec
-from vdm_jax.training import actions, sample_shards
+from vdm_jax.training import actions, sample_eval, sample_shards
 from vdm_jax.training import optimizer as optimizer_lib
 from vdm_jax.training import state as state_lib
 
@@ -111,3 +111,31 @@ def sample_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None = Non
   logger.info("%d samples of step %d in %s (%d chunks written, %d already there), grid %s",
               n, step, out_dir, stats["written"], stats["skipped"], png)
   return {"png": str(png), "dir": str(out_dir), "step": step, **stats}
+
+
+def sample_eval_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None = None,
+                           num_samples: int | None = None, *, seed: int | None = None,
+                           mesh: jax.sharding.Mesh | None = None,
+                           official_checkpoint: str | Path | None = None) -> dict:
+  """Sample quality (FD, KID, precision/recall; `sample_eval.SampleEvaluator`) of a
+  checkpoint's EMA parameters with spec.sample_eval's sampler, num_samples (or `num_samples`)
+  and feature network, with the run's own sample-eval key unless `seed` is given. The feature
+  network is checked against the model and the reference statistics are read (or computed and
+  cached) before anything is sampled. Writes the record to
+  `<workdir>/sample_eval_<prefix>step_<step>_<sampler>-<T>_n<N>.json` (ode: `..._ode_n<N>`)
+  and returns it."""
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  evaluator = sample_eval.SampleEvaluator(spec, spec.model.build())
+  model, params, step, prefix = checkpoint_params(spec, workdir, step, official_checkpoint, mesh)
+  key = actions.sample_eval_key(spec.training.seed) if seed is None else jax.random.PRNGKey(seed)
+  result = evaluator(model, params, mesh, key, num_samples)
+  record = {"step": step, "time": round(time.time(), 3), "mode": "sample_eval", **result}
+  if official_checkpoint is not None:
+    record["checkpoint"] = str(official_checkpoint)
+  s, n = spec.sample_eval, result["sample_eval/num_samples"]
+  how = s.sampler if s.sampler == "ode" else f"{s.sampler}-{s.T}"
+  if jax.process_index() == 0:
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    (Path(workdir) / f"sample_eval_{prefix}step_{step}_{how}_n{n}.json").write_text(
+        json.dumps(record, indent=2) + "\n")
+  return record
