@@ -103,16 +103,11 @@ def main(argv=None) -> list[dict]:
     train = data.load_arrays(spec.data.name, "train", spec.data.data_dir)[0]
     images = train[np.random.default_rng(0).choice(len(train), args.num_samples, replace=False)]
     feats = np.asarray(evaluator.net.feature_fn(images))
-    s = spec.sample_eval
-    kept = feats[:s.max_features]
-    kid = metrics.kernel_inception_distance(evaluator.reference_features, kept,
-                                            num_subsets=s.kid_subsets,
-                                            subset_size=s.kid_subset_size)
-    pr = metrics.precision_recall(evaluator.reference_features, kept, k=s.pr_k)
     _print({"row": "floor: training images", "fd": metrics.frechet_distance(
-        evaluator.reference, metrics.feature_stats(feats)), "kid": kid[0], "kid_std": kid[1],
-        "precision": pr[0], "recall": pr[1], "num_samples": len(images),
-        "seconds": time.perf_counter() - start, **common}, args.out, printed)
+        evaluator.reference, metrics.feature_stats(feats)),
+        **evaluator.compare_features(feats[:spec.sample_eval.max_features]),
+        "num_samples": len(images), "seconds": time.perf_counter() - start, **common},
+        args.out, printed)
 
   rows = [r for r in args.rows.split(",") if r]
   if args.reference_workdir:

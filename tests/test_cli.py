@@ -1,4 +1,5 @@
-"""`python -m experiments.train` end to end on real Fashion-MNIST: train, eval, sample."""
+"""`python -m experiments.train` end to end on real Fashion-MNIST: train, eval, sample,
+sample_eval."""
 import json
 import os
 import subprocess
@@ -24,6 +25,8 @@ def get_config():
   c.optimizer.update(dict(lr=1e-2, warmup_steps=5))
   c.eval.update(dict(num_time_samples=1, batch_size=2000, max_batches=2))
   c.sampling.update(dict(T=4, num_samples=6))
+  c.sample_eval.update(dict(num_samples=10, T=3, max_features=10, kid_subsets=4,
+                            kid_subset_size=5, per_device_batch=4))
   return c
 '''
 
@@ -84,6 +87,20 @@ def test_cli_train_eval_sample(tmp_path):
   images = np.concatenate([np.load(p)["images"] for p in shards])
   assert images.shape == (5, 28, 28, 1) and images.dtype == np.uint8
   assert (workdir / "samples_step_20.png").exists()
+  # sample_eval: FD, KID, precision/recall of the latest checkpoint; the reference statistics
+  # are computed once into the cache, then read.
+  cache = tmp_path / "cache"
+  se = run_cli(f"--config={config}", f"--workdir={workdir}", "--mode=sample_eval",
+               f"--config.sample_eval.cache_dir={cache}")
+  assert "step 30: FD " in se.stdout and "KID" in se.stdout and "precision" in se.stdout
+  record = json.loads(se.stdout.strip().splitlines()[-1])
+  assert record["sample_eval/num_samples"] == 10 and record["sample_eval/fd"] > 0
+  assert (workdir / "sample_eval_step_30_ddim-3_n10.json").exists()
+  assert len(list((cache / "reference_stats").glob("*.npz"))) == 1
+  again = run_cli(f"--config={config}", f"--workdir={workdir}", "--mode=sample_eval",
+                  f"--config.sample_eval.cache_dir={cache}", "--config.sample_eval.T=2")
+  assert "reference statistics of fashion_mnist/test from" in again.stderr
+  assert (workdir / "sample_eval_step_30_ddim-2_n10.json").exists()
 
 
 def test_cli_bad_config_message(tmp_path):

@@ -181,8 +181,8 @@ class SampleEvalSpec:
   reference_split: the split whose statistics the samples are compared with; they are computed
     once and cached in cache_dir (None: $VDM_CACHE_DIR or ~/.cache/vdm_jax), keyed by the
     feature network's sha256, the dataset and split and their content.
-  max_features: KID and precision/recall use the features of the first max_features samples
-    and reference images (FD uses all of them); kid_subsets x kid_subset_size as
+  max_features: KID and precision/recall use the features of the first n = min(num_samples,
+    max_features) samples and of the first n reference images (FD uses all of them); kid_subsets x kid_subset_size as
     `metrics.kernel_inception_distance`; pr_k the k of `metrics.precision_recall`.
   Every field has its default here, the one source base.py reads: a config written before the
   group existed resolves with them."""

@@ -11,7 +11,7 @@ process computes the features of its own rows and streams them into float64 stat
 (`metrics.update_stats`), merged over processes at the end (`metrics.gather_merge`): FD uses
 every sample. KID and precision/recall need the features themselves: those of the samples with
 id < max_features are kept (max_features x D float32; 5 MB for 10,000 x 128) and gathered on
-every process, which all compute the same numbers.
+every process, which all compute the same numbers, against as many reference rows.
 
 The reference statistics (mean, covariance and the first max_features feature rows of the
 reference split) are computed once and cached as `<cache_dir>/reference_stats/<key>.npz`,
@@ -175,6 +175,17 @@ class SampleEvaluator:
         self.net, spec.data.name, self.spec.reference_split, split_images,
         self.spec.max_features, self.spec.cache_dir)
 
+  def compare_features(self, features: np.ndarray) -> dict[str, float]:
+    """KID (mean and std over subsets) and precision/recall of `features` [n, D] against the
+    first n reference rows: both sets of one size, since the k-NN radii of precision/recall
+    depend on how many points a set has."""
+    s = self.spec
+    real = self.reference_features[:len(features)]
+    kid, kid_std = metrics.kernel_inception_distance(
+        real, features, num_subsets=s.kid_subsets, subset_size=s.kid_subset_size)
+    precision, recall = metrics.precision_recall(real, features, k=s.pr_k)
+    return {"kid": kid, "kid_std": kid_std, "precision": precision, "recall": recall}
+
   def __call__(self, model: model_lib.VDM, params, mesh: jax.sharding.Mesh, key: jax.Array,
                num_samples: int | None = None,
                sampling: SamplingSpec | None = None) -> dict[str, Any]:
@@ -211,12 +222,8 @@ class SampleEvaluator:
     sampled = time.perf_counter() - start
     stats = metrics.finalize_stats(metrics.gather_merge(state))
     _, kept = _gather_rows(np.concatenate(kept_ids), np.concatenate(kept))
-    kid, kid_std = metrics.kernel_inception_distance(
-        self.reference_features, kept, num_subsets=s.kid_subsets,
-        subset_size=s.kid_subset_size)
-    precision, recall = metrics.precision_recall(self.reference_features, kept, k=s.pr_k)
-    out = {"fd": metrics.frechet_distance(self.reference, stats), "kid": kid,
-           "kid_std": kid_std, "precision": precision, "recall": recall}
+    out = {"fd": metrics.frechet_distance(self.reference, stats),
+           **self.compare_features(kept)}
     if with_accuracy:
       right, total = _sum_over_processes(correct)
       out["accuracy"] = right / total
