@@ -311,12 +311,11 @@ def test_samples_pinned_for_fixed_keys():
 def test_chain_is_its_reverse_step_in_a_scan():
   """`run_chain` over `chain_step` is the loop of the sampler's step, keys fold_in(key, i)."""
   n, T = 8, 5
-  key = rkey(16)
   step = sampling.ddim_step(0.5)
-  key_steps = jax.random.fold_in(key, 3)
+  key_steps = jax.random.fold_in(rkey(16), 3)
   z_1 = jax.random.normal(rkey(17), (n, *SHAPE))
   g1 = gamma_fn(jnp.ones((n,)))
-  z_0, g0, state = sampling.run_chain(smooth_eps, gamma_fn, sampling.chain_step(step, key_steps),
+  z_0, g0, state = sampling.run_chain(smooth_eps, gamma_fn, sampling.chain_step(step), key_steps,
                                       z_1, g1, T)
   assert state == ()
   z = z_1
@@ -474,26 +473,27 @@ def test_sample_model_tiny_vdm_compiles_once():
   model = vdm_model.VDM(network=net, image_shape=(4, 4, 1), vocab_size=256)
   variables = jax.jit(lambda k: vdm_model.init_variables(model, k))(rkey(0))
   traces = []
-  real_sample = sampling.sample
+  entry = sampling.entry
+  real_draw = entry._draw
 
-  def counting_sample(*args, **kwargs):     # runs only when _sample_model_jit traces
-    traces.append(kwargs["T"])
-    return real_sample(*args, **kwargs)
+  def counting_draw(eps_fn, gamma_fn, key, args, *rest):   # runs only when the sampler traces
+    traces.append(args.T)
+    return real_draw(eps_fn, gamma_fn, key, args, *rest)
 
-  sampling.sample = counting_sample
+  entry._draw = counting_draw
   try:
     kw = dict(T=8, sampler="ddim", trajectory_steps=2)
     x, traj = sampling.sample_model(model, variables, rkey(1), 3, **kw)
-    size = sampling._sample_model_jit._cache_size()
+    size = entry._sample_model_jit._cache_size()
     x2, _ = sampling.sample_model(model, variables, rkey(2), 3, **kw)
     # A fresh but equal model and new parameter values reuse the compiled chain too.
     same = vdm_model.VDM(network=net, image_shape=(4, 4, 1), vocab_size=256)
     variables2 = jax.tree_util.tree_map(lambda a: a + 0.01, variables)
     sampling.sample_model(same, variables2, rkey(3), 3, **kw)
   finally:
-    sampling.sample = real_sample
+    entry._draw = real_draw
   assert traces == [8]
-  assert sampling._sample_model_jit._cache_size() == size
+  assert entry._sample_model_jit._cache_size() == size
   chex.assert_shape(x, (3, 4, 4, 1))
   chex.assert_type(x, jnp.int32)
   assert np.all((np.asarray(x) >= 0) & (np.asarray(x) < 256))

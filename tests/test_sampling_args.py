@@ -24,7 +24,8 @@ def test_check_chain_args_resolves_static_arguments():
   assert args == sampling_args.ChainArgs(shape=(2, 2, 2, 1), data=likelihood.Discrete(16), T=5,
                                          sampler="ddim", eta=0.0, decode="argmax",
                                          trajectory_steps=(5, 1), known=None, known_mask=None,
-                                         rtol=None, atol=None)
+                                         rtol=None, atol=None, spacing="uniform_t", order=None,
+                                         z_1=None)
   hash(args)      # static: usable as jit static arguments
   # The data model decides the decoders: continuous data decode to the decoder's mean.
   args = sampling_args.check_chain_args([2, 3], likelihood.Continuous(), T=2, sampler="ddim",
