@@ -21,6 +21,7 @@ once, each row at its own gamma. The solver is diffrax's Tsit5 (5th order, adapt
 control) in float32.
 
     z_0, info = ode.flow(eps_fn, z_1, gamma_1, gamma_0, rtol=1e-5, atol=1e-5)   # sampling
+    z_1 = ode.encode(eps_fn, gamma_fn, x, data=data)                           # its inverse
     logp = ode.log_prob(eps_fn, gamma_fn, z_0, key=key, trace="hutchinson")    # [B] nats
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from vdm_jax import schedules
+from vdm_jax import likelihood, schedules
 
 Array = jax.Array
 EpsFn = Callable[[Array, Array], Array]              # (z [B, ...], gamma_t [B]) -> eps_hat
@@ -134,6 +135,43 @@ def flow(eps_fn: EpsFn, z: Array, gamma_start: Array, gamma_end: Array, *,
     return _solve(field, z_b, g0, g1, rtol, atol)
 
   return jax.vmap(one)(z, _per_example(gamma_start, batch), _per_example(gamma_end, batch))
+
+
+def encode(eps_fn: EpsFn, gamma_fn: GammaFn, x: Array, *,
+           data: likelihood.DataModel | None = None, key: Array | None = None,
+           rtol: float | None = None, atol: float | None = None, return_info: bool = False):
+  """Data -> z_1 along the probability-flow ODE: the inverse of sampling with sampler="ode".
+
+  z_0 is q(z_0 | x)'s mean alpha_0 enc(x) (key None: deterministic) or, with a key, a draw of
+  q(z_0 | x); `flow` then carries it from gamma(0) to gamma(1). Decoding z_1 (e.g.
+  `sampling.sample(..., sampler="ode", z_1=z_1)`) returns x to the solver's tolerance, so
+  latents can be encoded, interpolated and decoded.
+
+  Args:
+    eps_fn: (z [B, ...] float32, gamma [B] float32) -> eps_hat [B, ...].
+    gamma_fn: t [B] -> gamma [B]; used at t = 0 and t = 1 only.
+    x: data [B, ...] as the data model takes it (integers for `likelihood.Discrete`).
+    data: the data model (None: `likelihood.Discrete(256)`); checks and encodes x.
+    key: None, or a PRNG key for the draw of z_0.
+    rtol, atol: the solver's tolerances (None: RTOL, ATOL).
+    return_info: also return the `ODEInfo`.
+
+  Returns:
+    z_1 [B, ...] float32 (and the ODEInfo with return_info=True).
+  """
+  data = likelihood.resolve(data, None)
+  data.check(x, "x")
+  rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
+  x_enc = jnp.asarray(data.encode(x), jnp.float32)
+  batch = x_enc.shape[0]
+  gamma_0 = _per_example(gamma_fn(jnp.zeros((batch,), jnp.float32)), batch)
+  gamma_1 = _per_example(gamma_fn(jnp.ones((batch,), jnp.float32)), batch)
+  g0 = gamma_0.reshape((batch,) + (1,) * (x_enc.ndim - 1))
+  z_0 = schedules.alpha(g0) * x_enc
+  if key is not None:
+    z_0 = z_0 + schedules.sigma(g0) * jax.random.normal(key, x_enc.shape, jnp.float32)
+  z_1, info = flow(eps_fn, z_0, gamma_0, gamma_1, rtol=rtol, atol=atol)
+  return (z_1, info) if return_info else z_1
 
 
 def _state_norm(error):
