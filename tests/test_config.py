@@ -89,7 +89,7 @@ def test_paper_config_is_the_papers_model():
     ({"eval.num_time_samples": 0}, ValueError, r"config.eval.num_time_samples must be an int >= 1"),
     ({"eval.max_batches": 0}, ValueError, r"config.eval.max_batches must be an int >= 1 or None"),
     ({"sampling.sampler": "euler"}, ValueError,
-     r"config.sampling.sampler must be one of 'ancestral', 'ddim', 'ode'; got 'euler'"),
+     r"config.sampling.sampler must be one of 'ancestral', 'ddim', 'dpmpp_2m', 'dpmpp_3m', 'unipc', 'ode'; got 'euler'"),
     ({"sampling.sampler": "ode", "sampling.eta": 0.0}, ValueError,
      r"config.sampling: sampler='ode' takes no eta"),
     ({"sampling.rtol": 0.0}, ValueError,
