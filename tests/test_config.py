@@ -159,7 +159,18 @@ def test_specs_are_frozen():
 def test_sampler_kwargs_give_each_sampler_its_own_arguments():
   chain = config_lib.resolve(tiny_config(**{"sampling.sampler": "ddim", "sampling.eta": 0.5}))
   assert chain.sampling.sampler_kwargs() == {"sampler": "ddim", "T": chain.sampling.T,
-                                             "eta": 0.5}
+                                             "eta": 0.5, "spacing": None, "order": None}
+  fast = config_lib.resolve(tiny_config(**{"sampling.sampler": "unipc", "sampling.order": 2,
+                                           "sampling.spacing": "karras"}))
+  assert fast.sampling.sampler_kwargs() == {"sampler": "unipc", "T": fast.sampling.T,
+                                            "eta": None, "spacing": "karras", "order": 2}
+  for overrides, message in [({"sampling.sampler": "ddim", "sampling.order": 2}, "takes no order"),
+                             ({"sampling.sampler": "unipc", "sampling.order": 4}, r"order in \(2, 3\)"),
+                             ({"sampling.spacing": "cosine"}, "Unknown spacing 'cosine'"),
+                             ({"sample_eval.sampler": "ode", "sample_eval.spacing": "logsnr"},
+                              "config.sample_eval: spacing places the steps of a chain")]:
+    with pytest.raises(ValueError, match=message):
+      config_lib.resolve(tiny_config(**overrides))
   flow = config_lib.resolve(tiny_config(**{"sampling.sampler": "ode", "sampling.rtol": 1e-3,
                                            "eval.method": "ode"}))
   assert flow.sampling.sampler_kwargs() == {"sampler": "ode", "rtol": 1e-3,

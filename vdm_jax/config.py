@@ -146,7 +146,8 @@ class EvalSpec:
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSpec:
-  """Sampling: `sampling.sample_model` settings (eta None: the sampler's default);
+  """Sampling: `sampling.sample_model` settings (eta, spacing, order None: the sampler's
+  default; T the network evaluations of a chain sampler);
   num_samples for the training run's grids and --mode=sample, which draws them in chunks of
   per_device_batch images per device; rtol and atol for the "ode" sampler. The fields with a
   default were added after the others (see EvalSpec)."""
@@ -158,12 +159,15 @@ class SamplingSpec:
   per_device_batch: int = 64
   rtol: float = ode.RTOL
   atol: float = ode.ATOL
+  spacing: str | None = None
+  order: int | None = None
 
   def sampler_kwargs(self) -> dict:
-    """The sampler's arguments of `sampling.sample_model`: T and eta for a chain sampler,
-    rtol and atol for "ode"."""
+    """The sampler's arguments of `sampling.sample_model`: T, eta, spacing and order for a
+    chain sampler (None: the sampler's own), rtol and atol for "ode"."""
     if sampling.is_chain(self.sampler):
-      return {"sampler": self.sampler, "T": self.T, "eta": self.eta}
+      return {"sampler": self.sampler, "T": self.T, "eta": self.eta, "spacing": self.spacing,
+              "order": self.order}
     return {"sampler": self.sampler, "rtol": self.rtol, "atol": self.atol}
 
 
@@ -173,8 +177,8 @@ class SampleEvalSpec:
   samples against a split of the data, in the feature space of a feature network.
 
   every_steps: the training loop's interval (0: never; `--mode=sample_eval` runs it on a
-    checkpoint whatever its value). The samples: sampler, T, eta, guidance_weight, rtol, atol
-    as in SamplingSpec, drawn in chunks of per_device_batch images per device.
+    checkpoint whatever its value). The samples: sampler, T, eta, spacing, order,
+    guidance_weight, rtol, atol as in SamplingSpec, drawn in chunks of per_device_batch images per device.
   feature_network: a network shipped with the package (`metrics.features.SHIPPED`), "auto"
     (the one named like the dataset, if any), or unused when feature_weights is set: a weights
     file of experiments/train_classifier.py with its sha256 (`metrics.load_weights_file`).
@@ -195,6 +199,8 @@ class SampleEvalSpec:
   per_device_batch: int = 64
   rtol: float = ode.RTOL
   atol: float = ode.ATOL
+  spacing: str | None = None
+  order: int | None = None
   feature_network: str = "auto"
   feature_weights: str | None = None
   feature_sha256: str | None = None
@@ -209,7 +215,8 @@ class SampleEvalSpec:
     """The samples' settings as a SamplingSpec (what `sample_shards.generate` takes)."""
     return SamplingSpec(sampler=self.sampler, T=self.T, num_samples=self.num_samples,
                         eta=self.eta, guidance_weight=self.guidance_weight,
-                        per_device_batch=self.per_device_batch, rtol=self.rtol, atol=self.atol)
+                        per_device_batch=self.per_device_batch, rtol=self.rtol, atol=self.atol,
+                        spacing=self.spacing, order=self.order)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -418,9 +425,12 @@ def _sampler_fields(g: dict, w: str, model_spec: ModelSpec) -> dict:
       guidance_weight=_float(w + "guidance_weight", g["guidance_weight"], 0.0),
       per_device_batch=_int(w + "per_device_batch", g["per_device_batch"], 1),
       rtol=_float(w + "rtol", g["rtol"], 0.0, 1.0, low_open=True, high_open=True),
-      atol=_float(w + "atol", g["atol"], 0.0, 1.0, low_open=True, high_open=True))
-  try:
+      atol=_float(w + "atol", g["atol"], 0.0, 1.0, low_open=True, high_open=True),
+      spacing=g["spacing"], order=g["order"])
+  try:   # the sampler's own checks (sampling.args), the one source of what each takes
     sampling.resolve_eta(out["sampler"], out["eta"])
+    sampling.resolve_spacing(out["sampler"], out["spacing"])
+    sampling.resolve_order(out["sampler"], out["order"])
   except ValueError as e:
     raise ValueError(f"{w[:-1]}: {e}") from None
   if out["guidance_weight"] and not model_spec.num_classes:

@@ -89,8 +89,11 @@ def get_config() -> ml_collections.ConfigDict:
       atol=EvalSpec.atol,           # ode: the solver's absolute tolerance
   )
   c.sampling = dict(
-      sampler="ancestral",          # ancestral | ddim | ode (probability-flow ODE, adaptive)
-      T=1000,                       # reverse steps (ancestral, ddim)
+      # ancestral | ddim | dpmpp_2m | dpmpp_3m | unipc | ode (probability-flow ODE, adaptive)
+      sampler="ancestral",
+      T=1000,                       # network evaluations (every sampler but ode)
+      spacing=placeholder(str),     # None: the sampler's (uniform_t | logsnr | karras)
+      order=placeholder(int),       # unipc: 2 | 3 (None: 3)
       num_samples=64,               # images in each sample grid
       eta=placeholder(float),       # None: the sampler's own (ancestral 1, ddim 0)
       guidance_weight=0.0,          # classifier-free guidance (class-conditional models)
@@ -104,6 +107,7 @@ def get_config() -> ml_collections.ConfigDict:
       every_steps=S.every_steps,    # training interval in steps; 0 = never
       num_samples=S.num_samples,    # samples drawn (the same count makes FDs comparable)
       sampler=S.sampler, T=S.T, eta=placeholder(float),   # as config.sampling
+      spacing=placeholder(str), order=placeholder(int),
       guidance_weight=S.guidance_weight,
       per_device_batch=S.per_device_batch, rtol=S.rtol, atol=S.atol,
       feature_network=S.feature_network,   # auto (named like the dataset) | a shipped network
