@@ -34,8 +34,9 @@ Spacings (`spacing.SPACINGS`): "uniform_t" (t_i = i / T; the default of ancestra
 lambda) and "karras" (Karras et al. 2022, rho = 7 in sigma / alpha). The non-uniform ones invert
 the schedule by bisection, so they work for learned schedules.
 
-Wrappers (`wrappers`): `with_trajectory` (every solver), `guided_eps_fn` (classifier-free
-guidance, eps_w = (1 + w) eps(z, labels) - w eps(z, null), computed as eps_c + w (eps_c -
+Wrappers (`wrappers`): `with_trajectory` (every solver), `classifier_guidance` (eps_hat -
+scale sigma_t grad_z log p(y | z_t), for a classifier of noisy inputs; every solver),
+`guided_eps_fn` (classifier-free guidance, eps_w = (1 + w) eps(z, labels) - w eps(z, null), computed as eps_c + w (eps_c -
 eps_u); a Python w = 0 skips the unconditional evaluation, bitwise the conditional model; it
 wraps the network, so every solver), `with_inpainting` (one-step solvers only: it replaces the
 known region with fresh noise after every step, which a multistep solver's extrapolation of its
@@ -63,15 +64,16 @@ from vdm_jax.sampling.multistep import dpmpp_solver, unipc_solver
 from vdm_jax.sampling.onestep import ReverseStep, ancestral_step, chain_step, ddim_step
 from vdm_jax.sampling.protocol import Solver, Step, run_chain
 from vdm_jax.sampling.spacing import SPACINGS, invert_gamma, step_times
-from vdm_jax.sampling.wrappers import (Trajectory, guided_eps_fn, trajectory_of, with_inpainting,
-                                       with_trajectory)
+from vdm_jax.sampling.wrappers import (Trajectory, classifier_guidance, guided_eps_fn,
+                                       trajectory_of, with_inpainting, with_trajectory)
 
 # The chain-level type under the name the one-step protocol used for it.
 ChainStep = Solver
 
 __all__ = ["SAMPLERS", "SPACINGS", "ChainArgs", "ChainStep", "ReverseStep", "SampleInfo",
            "Sampler", "Solver", "Step", "Trajectory", "ancestral_step", "chain_step",
-           "check_chain_args", "ddim_step", "dpmpp_solver", "guided_eps_fn", "invert_gamma",
+           "check_chain_args", "classifier_guidance", "ddim_step", "dpmpp_solver",
+           "guided_eps_fn", "invert_gamma",
            "is_chain", "make_solver", "resolve_eta", "resolve_order", "resolve_spacing",
            "resolve_tolerances", "resolve_trajectory_steps", "run_chain", "sample",
            "sample_model", "step_times", "trajectory_of", "unipc_solver", "with_inpainting",

@@ -1,9 +1,10 @@
 """Wrappers: a `Solver` around a `Solver` (inpainting, trajectories), an eps_fn around an eps_fn
-(classifier-free guidance).
+(classifier-free and classifier guidance).
 
 Which solvers each composes with:
   * `with_trajectory` observes the chain (z and x_hat entering recorded steps): every solver.
-  * `guided_eps_fn` changes the network, not the solver: every solver (and the ODE).
+  * `guided_eps_fn` and `classifier_guidance` change the network, not the solver: every solver
+    (and the ODE); they compose with each other.
   * `with_inpainting` replaces z on the known region by a fresh draw of q(z_s | x_known) after
     every step: sound for one-step solvers only (`Solver.one_step`), whose next step depends on
     the current latent alone. A multistep solver extrapolates its earlier data predictions along
@@ -24,6 +25,7 @@ from vdm_jax import diffusion
 from vdm_jax.sampling.protocol import Array, EpsFn, Solver
 
 LabelEpsFn = Callable[[Array, Array, Array], Array]  # (z, gamma_t [B], labels [B]) -> eps_hat
+LogProbFn = Callable[[Array, Array, Array], Array]   # (z, gamma_t [B], labels [B]) -> [B] nats
 
 
 class Trajectory(NamedTuple):
@@ -144,3 +146,62 @@ def guided_eps_fn(eps_fn_labels: LabelEpsFn, labels: Array, null_label: int,
     return eps_c + w * (eps_c - eps_u)
 
   return eps_fn
+
+
+def _check_labels(labels, num_classes: int | None, where: str) -> None:
+  """Static checks of guidance labels: int [B], and in [0, num_classes) when concrete."""
+  shape, dtype = jnp.shape(labels), jnp.result_type(labels)
+  if len(shape) != 1 or not jnp.issubdtype(dtype, jnp.integer):
+    raise ValueError(f"{where}: labels must be int [B], got {dtype} {tuple(shape)}.")
+  if num_classes is not None and not isinstance(labels, jax.core.Tracer):
+    values = np.asarray(labels)
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+      raise ValueError(f"{where}: labels must lie in [0, {num_classes}) (the classifier's "
+                       f"classes), got values in [{values.min()}, {values.max()}].")
+
+
+def classifier_guidance(eps_fn: EpsFn, log_prob_fn: LogProbFn, labels: Array,
+                        scale: float | Array, *, num_classes: int | None = None) -> EpsFn:
+  """Classifier guidance (Dhariwal & Nichol 2021) in eps form:
+
+      eps_s(z, g) = eps_hat(z, g) - scale * sigma_t * grad_z log p(y | z_t),
+
+  with sigma_t = sqrt(sigmoid(gamma_t)). Since eps = -sigma_t * score, this is the score of
+  p(z_t) p(y | z_t)^scale: scale = 1 with the exact classifier is the class-conditional model
+  exactly, scale = 0 the unconditional one, larger scales sharpen towards the examples the
+  classifier is surest of.
+
+  Args:
+    eps_fn: (z [B, ...], gamma_t [B]) -> eps_hat [B, ...]; e.g. an unconditional network, or
+      `guided_eps_fn`'s output (the two compose).
+    log_prob_fn: (z_t [B, ...], gamma_t [B], labels int [B]) -> log p(labels | z_t) [B] in
+      nats, differentiable in z_t; example i's value may depend on z_t[i] only (the gradient
+      of the batch sum is taken, which is then each example's own).
+    labels: int [B], the classes asked for.
+    scale: >= 0; a Python 0 returns `eps_fn` itself (bitwise the unguided sampler). A traced
+      scale is taken as it is.
+    num_classes: the classifier's class count: labels outside [0, num_classes) are refused
+      (when concrete).
+
+  Returns:
+    eps_fn of the guided model; pure and jit-safe, for every solver and the ODE.
+  """
+  _check_labels(labels, num_classes, "classifier_guidance")
+  if isinstance(scale, numbers.Real) and not isinstance(scale, bool):
+    if not (np.isfinite(scale) and scale >= 0.0):
+      raise ValueError(f"classifier_guidance: scale must be a finite number >= 0, got {scale}.")
+    if scale == 0:
+      return eps_fn
+
+  def guided(z, gamma_t):
+    batch = z.shape[0]
+    if jnp.shape(labels)[0] != batch:
+      raise ValueError(f"classifier_guidance: {jnp.shape(labels)[0]} labels for a batch of "
+                       f"{batch}: give one label per sample.")
+    gamma_b = jnp.broadcast_to(jnp.asarray(gamma_t, jnp.float32), (batch,))
+    lab = jnp.asarray(labels, jnp.int32)
+    grad = jax.grad(lambda x: jnp.sum(log_prob_fn(x, gamma_b, lab)))(z)
+    sigma = jnp.sqrt(jax.nn.sigmoid(diffusion.expand_to(gamma_b, z)))
+    return eps_fn(z, gamma_t) - jnp.asarray(scale, z.dtype) * sigma * grad
+
+  return guided
