@@ -260,3 +260,43 @@ def diffusion_loss_std(eps_fn: EpsFn, gamma_fn: GammaFn, x: Array, key: Array, *
 
   draws = jax.lax.map(one_draw, jax.random.split(key, num_draws))     # [num_draws, B]
   return jnp.std(draws, axis=0, ddof=1)
+
+
+LogitsFn = Callable[[Array, Array], Array]   # (z_t [B, ...], gamma_t [B]) -> logits [B, K]
+
+
+def noisy_classifier_loss(logits_fn: LogitsFn, gamma_fn: GammaFn, x: Array, labels: Array,
+                          key: Array, *, data: likelihood.DataModel | None = None,
+                          antithetic: bool = True) -> tuple[Array, Array]:
+  """Cross-entropy of a classifier of noisy inputs on the forward marginals, per example.
+
+  t is drawn as the VDM loss draws it (`sample_times`), z_t = alpha_t enc(x) + sigma_t eps
+  (`diffusion.sample_marginal` at gamma_t = gamma_fn(t)), and the loss is
+  -log softmax(logits_fn(z_t, gamma_t))[label], so that the classifier learns p(y | z_t) at
+  every noise level the sampler visits. gamma_t is held fixed (stop_gradient): the loss trains
+  the classifier, never the diffusion model's schedule.
+
+  Args:
+    logits_fn: (z_t [B, ...] float32, gamma_t [B]) -> logits [B, K].
+    gamma_fn: the diffusion model's schedule, t [B] -> gamma [B].
+    x: data [B, ...] as the data model takes it; labels: int [B] in [0, K).
+    key: PRNG key of the times and the noise.
+    data: the data model (None: `likelihood.Discrete(256)`).
+    antithetic: low-discrepancy times across the batch.
+
+  Returns:
+    (loss [B] nats, t [B]): each example's cross-entropy and its time.
+  """
+  data = likelihood.resolve(data, None)
+  data.check(x, "x")
+  x_enc = data.encode(x)
+  labels = jnp.asarray(labels)
+  if labels.shape != (x_enc.shape[0],) or not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f"labels must be int [B] = ({x_enc.shape[0]},), got {labels.dtype} "
+                     f"{labels.shape}.")
+  key_t, key_z = jax.random.split(key)
+  t = sample_times(key_t, x_enc.shape[0], antithetic)
+  gamma_t = jax.lax.stop_gradient(gamma_fn(t))
+  z_t, _ = diffusion.sample_marginal(key_z, x_enc, gamma_t)
+  log_p = jax.nn.log_softmax(logits_fn(z_t, gamma_t).astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(log_p, labels[:, None].astype(jnp.int32), axis=-1)[:, 0], t

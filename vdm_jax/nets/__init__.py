@@ -6,17 +6,20 @@ Both networks share one call contract:
 
 z float [B, H, W, C] (`MLPScoreNet`: any [B, ...]); cond float [B], the log-SNR normalised to
 [0, 1]; label int [B] or None; eps_hat float32 with z's shape. See `VDMScoreNet`, `UNet` and
-`MLPScoreNet` for the attributes.
+`MLPScoreNet` for the attributes. `NoisyClassifier` (logits of p(y | z_t), for classifier
+guidance) and `Classifier` (the feature network of clean images) are classifiers.
 """
 from vdm_jax.nets.layers import (AttnBlock, ConditioningEmbedding, GroupNorm, ResnetBlock,
                                  fourier_features, group_norm, num_groups, timestep_embedding)
 from vdm_jax.nets.classifier import Classifier
 from vdm_jax.nets.mlp import MLPScoreNet
+from vdm_jax.nets.noisy_classifier import NoisyClassifier
 from vdm_jax.nets.unet import UNet
 from vdm_jax.nets.vdm_unet import VDMScoreNet, unscanned_to_scanned
 
 __all__ = [
-    "VDMScoreNet", "UNet", "MLPScoreNet", "Classifier", "unscanned_to_scanned", "ResnetBlock", "AttnBlock",
+    "VDMScoreNet", "UNet", "MLPScoreNet", "Classifier", "NoisyClassifier",
+    "unscanned_to_scanned", "ResnetBlock", "AttnBlock",
     "ConditioningEmbedding", "GroupNorm", "timestep_embedding", "fourier_features", "num_groups",
     "group_norm",
 ]
