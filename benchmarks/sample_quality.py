@@ -9,8 +9,9 @@ Each row draws --num_samples samples of the checkpoint's EMA parameters
 the same noise z_1) and prints one JSON object: FD, KID (+- std over subsets), precision,
 recall against the test split in the features of the run's config.sample_eval feature network,
 the wall time (sampling and features) and the network evaluations per image (T for a chain;
-for "ode", the mean over the first 16 samples, counted by the solver). Rows are `sampler:T`, or
-`ode`. --floor adds the row of --num_samples training images against the test split (what a
+for "ode", the mean over the first 16 samples, counted by the solver). Rows are `sampler:T`
+(each sampler with its default spacing and order), `ode` (the config's tolerances) or
+`ode:TOL` (rtol = atol = TOL). --floor adds the row of --num_samples training images against the test split (what a
 perfect sampler would score at this sample count); --reference_workdir adds a row for another
 run (e.g. the same config trained for 20 steps: a bad model) with the first chain row's
 sampler (run before the --rows, so that a long last row does not hold it up).
@@ -40,12 +41,15 @@ def _spec(workdir: str, num_samples: int, cache_dir: str | None):
 
 
 def _row_sampling(spec, row: str) -> config_lib.SamplingSpec:
-  name, _, T = row.partition(":")
-  if name != "ode" and not T:
-    raise SystemExit(f"--rows: {row!r} must be sampler:T (e.g. ddim:50) or ode")
-  base = spec.sample_eval.sampling()
-  return dataclasses.replace(base, sampler=name, T=int(T) if T else base.T,
-                             eta=None)
+  """`sampler:T` (e.g. ddim:50), `ode` (the config's tolerances) or `ode:TOL` (rtol = atol)."""
+  name, _, value = row.partition(":")
+  base = dataclasses.replace(spec.sample_eval.sampling(), sampler=name, eta=None, spacing=None,
+                             order=None)
+  if name == "ode":
+    return dataclasses.replace(base, rtol=float(value), atol=float(value)) if value else base
+  if not value:
+    raise SystemExit(f"--rows: {row!r} must be sampler:T (e.g. ddim:50), ode or ode:TOL")
+  return dataclasses.replace(base, T=int(value))
 
 
 def _ode_evals(model, params, key, how) -> float:

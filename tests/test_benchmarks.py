@@ -18,6 +18,7 @@ import flops  # noqa: E402
 import ode_bound  # noqa: E402
 import profile_step  # noqa: E402
 import sample_quality  # noqa: E402
+import solver_error  # noqa: E402
 
 from experiments.configs import base  # noqa: E402
 from helpers_train import tiny_config  # noqa: E402
@@ -316,3 +317,28 @@ def test_sample_quality_rows_start_from_one_noise_and_the_floor_beats_an_untrain
   assert floor["recall"] > by_row["ddim:2"]["recall"]
   for r in rows[1:]:
     assert r["num_samples"] == 12 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
+
+
+def test_solver_error_is_zero_where_every_solver_is_exact(tmp_path):
+  # An untrained network predicts eps = 0 (zero-initialised output layer), so the flow is
+  # z_t = z_1 alpha_t / alpha_1: every solver ends at x_0 = z_1 / alpha_1 exactly, the ODE to
+  # its tolerance.
+  spec = config_lib.resolve(tiny_config())
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints").mkdir(parents=True)
+  (workdir / "config.json").write_text(spec.to_json())
+  state = training.create_state(spec.model.build(), training.make_optimizer(spec.optimizer, 2),
+                                0, parallel.make_mesh())
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
+  ckpt.save(0, state)
+  ckpt.close()
+  rows = solver_error.main([f"--workdir={workdir}", "--num_images=2", "--solvers=ddim,unipc",
+                            "--spacings=uniform_t,karras", "--evals=2,3", "--ref_tol=1e-4",
+                            "--check_tol=1e-5", "--check_images=1"])
+  assert [r["row"] for r in rows[1:]] == [f"{s}/{p}/{e}" for s in ("ddim", "unipc")
+                                          for p in ("uniform_t", "karras") for e in (2, 3)]
+  # x_0 is about 12 N(0, 1) in data units (1 / alpha_1 with gamma_max = 5), ~1200 pixels: the
+  # ODE at 1e-4 is off by ~1e-4 of that; the exact solvers all differ from it by that much.
+  errors = [r["error_px"] for r in rows[1:]]
+  assert rows[0]["check_error_px"] < 1.0 and max(errors) < 1.0
+  assert max(errors) - min(errors) < 5e-3, errors
