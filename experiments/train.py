@@ -7,6 +7,8 @@
     python -m experiments.train --workdir=/tmp/qs --mode=eval --checkpoint_step=1000
     python -m experiments.train --workdir=/tmp/qs --mode=sample --num_samples=100
     python -m experiments.train --workdir=/tmp/qs --mode=sample_eval      # FD, KID, P/R
+    python -m experiments.train --workdir=/tmp/qs --mode=sample --config=/tmp/qs/config.json \
+        --config.sampling.classifier_workdir=/tmp/clf --config.sampling.classifier_scale=2
 
 --mode=train resumes from the newest usable checkpoint in <workdir>/checkpoints when there is
 one (a damaged step is skipped with a warning); one run at a time per workdir (a lock), and
@@ -21,6 +23,10 @@ sample ids; a rerun completes what is missing) and a grid <workdir>/samples_step
 sampler and prints FD, KID (+- std), precision and recall against the test split in the
 feature network's space (and its class accuracy on conditional samples), written to
 <workdir>/sample_eval_step_<step>_<sampler>-<T>_n<N>.json; the test statistics are cached.
+A noisy classifier (config.model.network="noisy_classifier",
+experiments/configs/noisy_classifier_fashion_mnist.py) trains and evaluates (accuracy by t-bin)
+with the same modes; config.sampling / config.sample_eval .classifier_workdir and
+.classifier_scale guide a diffusion run's samples by it (grids one class per column).
 For eval, sample and sample_eval, --config defaults to the copy the training run left in
 <workdir>/config.json (pass --config=<file> to override its fields, e.g. the sampler).
 --official_checkpoint=<path> evaluates or samples a checkpoint of the official VDM code (a
@@ -101,6 +107,11 @@ def main(argv):
   elif FLAGS.mode == "eval":
     record = training.evaluate_checkpoint(spec, FLAGS.workdir, FLAGS.checkpoint_step,
                                           official_checkpoint=FLAGS.official_checkpoint)
+    if "eval/bpd" not in record:   # another objective than the diffusion model's
+      print(f"step {record['step']}: "
+            f"{training.objectives.of(spec.model.build()).eval_line(record)}")
+      print(json.dumps(record))
+      return
     # The bound's terms: recon + prior + diffusion (ELBO) or recon + z0_nll + dequant (ODE).
     terms = " + ".join(f"{name} {record[f'eval/{name}_bpd']:.4f}" for name in
                        ("recon", "prior", "diffusion", "z0_nll", "dequant")

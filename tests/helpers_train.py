@@ -3,6 +3,7 @@ and waiting on runs in other processes."""
 import time
 from pathlib import Path
 
+import jax
 import ml_collections
 
 from experiments.configs import quickstart
@@ -34,6 +35,16 @@ def tiny_model_and_params(**overrides):
   state = training.create_state(model, training.make_optimizer(spec.optimizer, 2), 0,
                                 parallel.make_mesh())
   return spec, model, state.params
+
+
+def restore_saved_state(workdir, spec, step):
+  """The train state a run saved at `step` in `<workdir>/checkpoints`, on the host."""
+  model = spec.model.build()
+  opt = training.make_optimizer(spec.optimizer, spec.training.num_steps)
+  ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints")
+  state, _ = ckpt.restore(training.abstract_state(model, opt, parallel.make_mesh()), step=step)
+  ckpt.close()
+  return jax.device_get(state)
 
 
 def write_config_file(path, **overrides):

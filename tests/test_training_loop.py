@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers_train import tiny_config
+from helpers_train import restore_saved_state, tiny_config
 from vdm_jax import checkpoint, config as config_lib, data, logging_utils, parallel, training
 from vdm_jax.training import loop as loop_lib
 
@@ -45,15 +45,6 @@ def _record_data(monkeypatch):
   return loads, seen
 
 
-def _restore(workdir, spec, step):
-  model = spec.model.build()
-  opt = training.make_optimizer(spec.optimizer, spec.training.num_steps)
-  ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
-  state, _ = ckpt.restore(training.abstract_state(model, opt, parallel.make_mesh()), step=step)
-  ckpt.close()
-  return jax.device_get(state)
-
-
 def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
   loads, seen = _record_data(monkeypatch)
   # Class-conditional with label dropout, so the label path is exercised too.
@@ -74,7 +65,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
   assert b == a[:3] and c == a[3:]                    # the same data order
 
   for step in (3, 6):
-    s_straight, s_resumed = _restore(straight, spec6, step), _restore(resumed, spec6, step)
+    s_straight, s_resumed = restore_saved_state(straight, spec6, step), restore_saved_state(resumed, spec6, step)
     assert int(s_straight.step) == int(s_resumed.step) == step
     for x, y in zip(jax.tree_util.tree_leaves(s_straight), jax.tree_util.tree_leaves(s_resumed)):
       np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-6, atol=1e-6)
@@ -115,7 +106,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
   assert ckpt.all_steps() == [1]
   ckpt.close()
-  state = _restore(tmp_path, spec, 1)
+  state = restore_saved_state(tmp_path, spec, 1)
   assert int(state.step) == 1
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state.params))
   records = logging_utils.read_metrics(tmp_path)

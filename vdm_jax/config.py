@@ -26,16 +26,26 @@ import jax
 import ml_collections
 import numpy as np
 
-from vdm_jax import data, evaluation, likelihood, ode, parallel, sampling
+from vdm_jax import data, evaluation, likelihood, nets, ode, parallel, sampling
 from vdm_jax import model as model_lib
+from vdm_jax import noisy_classifier as noisy_classifier_lib
 from vdm_jax.metrics import features as feature_networks
 
 DECAYS = ("none", "linear", "cosine")
 # Which parameters weight decay applies to (`training.optimizer.decay_mask`).
 WEIGHT_DECAY_MASKS = ("kernels", "all_but_biases")
 DTYPES = ("float32", "bfloat16")
+# config.model.network of a noisy-classifier run (`noisy_classifier.NoisyClassifierModel`,
+# trained by the loop's NOISY_CLASSIFIER objective); the other names are score networks.
+CLASSIFIER_NETWORK = "noisy_classifier"
+NETWORK_CLASSES = {**model_lib.NETWORKS, CLASSIFIER_NETWORK: nets.NoisyClassifier}
 # Network attributes that come from the model group, not from the network's own sub-group.
-_NETWORK_ATTRS_FROM_MODEL = ("num_classes", "dtype", "parent", "name")
+_NETWORK_ATTRS_FROM_MODEL = ("num_classes", "dtype", "parent", "name", "gamma_low",
+                             "gamma_high")
+# Settings of the diffusion objective that a noisy classifier does not have: they must keep
+# these values in its config.
+_NOT_FOR_CLASSIFIER = {"T": 0, "label_dropout": 0.0, "weighting": "elbo",
+                       "schedule_objective": "elbo"}
 
 
 # ============================================================================ the specs
@@ -80,11 +90,19 @@ class ModelSpec:
     """The data model these settings name (`likelihood.make`)."""
     return likelihood.make(self.data, self.vocab_size, *self.data_range)
 
-  def build(self) -> model_lib.VDM:
-    """The VDM module these settings describe."""
+  def build(self) -> model_lib.VDM | noisy_classifier_lib.NoisyClassifierModel:
+    """The VDM module these settings describe (for network "noisy_classifier", the
+    `noisy_classifier.NoisyClassifierModel` instead)."""
     net_kwargs = dict(self.network_kwargs, num_classes=self.num_classes)
     if self.dtype != "float32":
       net_kwargs["dtype"] = np.dtype(getattr(jax.numpy, self.dtype))
+    if self.network == CLASSIFIER_NETWORK:
+      classifier = nets.NoisyClassifier(gamma_low=self.gamma_min, gamma_high=self.gamma_max,
+                                        **net_kwargs)
+      return noisy_classifier_lib.NoisyClassifierModel(
+          classifier=classifier, image_shape=self.image_shape, data=self.data_model(),
+          schedule=self.schedule, gamma_min=self.gamma_min, gamma_max=self.gamma_max,
+          antithetic=self.antithetic)
     attrs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
              if f.name not in ("network", "network_kwargs", "dtype", "vocab_size", "data",
                                "data_range")}
@@ -149,8 +167,10 @@ class SamplingSpec:
   """Sampling: `sampling.sample_model` settings (eta, spacing, order None: the sampler's
   default; T the network evaluations of a chain sampler);
   num_samples for the training run's grids and --mode=sample, which draws them in chunks of
-  per_device_batch images per device; rtol and atol for the "ode" sampler. The fields with a
-  default were added after the others (see EvalSpec)."""
+  per_device_batch images per device; rtol and atol for the "ode" sampler. classifier_workdir:
+  a noisy-classifier run (config.model.network = "noisy_classifier") whose EMA parameters guide
+  the samples with classifier_scale (`noisy_classifier.ClassifierGuided`; labels 0, 1, 2, ...
+  cyclically). The fields with a default were added after the others (see EvalSpec)."""
   sampler: str
   T: int
   num_samples: int
@@ -161,6 +181,8 @@ class SamplingSpec:
   atol: float = ode.ATOL
   spacing: str | None = None
   order: int | None = None
+  classifier_workdir: str | None = None
+  classifier_scale: float = 0.0
 
   def sampler_kwargs(self) -> dict:
     """The sampler's arguments of `sampling.sample_model`: T, eta, spacing and order for a
@@ -178,7 +200,8 @@ class SampleEvalSpec:
 
   every_steps: the training loop's interval (0: never; `--mode=sample_eval` runs it on a
     checkpoint whatever its value). The samples: sampler, T, eta, spacing, order,
-    guidance_weight, rtol, atol as in SamplingSpec, drawn in chunks of per_device_batch images per device.
+    guidance_weight, rtol, atol, classifier_workdir, classifier_scale as in SamplingSpec, drawn
+    in chunks of per_device_batch images per device.
   feature_network: a network shipped with the package (`metrics.features.SHIPPED`), "auto"
     (the one named like the dataset, if any), or unused when feature_weights is set: a weights
     file of experiments/train_classifier.py with its sha256 (`metrics.load_weights_file`).
@@ -201,6 +224,8 @@ class SampleEvalSpec:
   atol: float = ode.ATOL
   spacing: str | None = None
   order: int | None = None
+  classifier_workdir: str | None = None
+  classifier_scale: float = 0.0
   feature_network: str = "auto"
   feature_weights: str | None = None
   feature_sha256: str | None = None
@@ -216,7 +241,9 @@ class SampleEvalSpec:
     return SamplingSpec(sampler=self.sampler, T=self.T, num_samples=self.num_samples,
                         eta=self.eta, guidance_weight=self.guidance_weight,
                         per_device_batch=self.per_device_batch, rtol=self.rtol, atol=self.atol,
-                        spacing=self.spacing, order=self.order)
+                        spacing=self.spacing, order=self.order,
+                        classifier_workdir=self.classifier_workdir,
+                        classifier_scale=self.classifier_scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,11 +345,11 @@ def _data_spec(config) -> DataSpec:
 
 
 def _model_spec(config, data_spec: DataSpec) -> ModelSpec:
-  g = _group(config, "model", ModelSpec, extra=tuple(model_lib.NETWORKS))
-  network = _choice("config.model.network", g.pop("network"), tuple(model_lib.NETWORKS))
-  for name in model_lib.NETWORKS:
+  g = _group(config, "model", ModelSpec, extra=tuple(NETWORK_CLASSES))
+  network = _choice("config.model.network", g.pop("network"), tuple(NETWORK_CLASSES))
+  for name in NETWORK_CLASSES:
     g.pop(name, None)
-  net_cls = model_lib.NETWORKS[network]
+  net_cls = NETWORK_CLASSES[network]
   net_fields = [f.name for f in dataclasses.fields(net_cls)
                 if f.name not in _NETWORK_ATTRS_FROM_MODEL]
   net_kwargs = dict(config.model.get(network) or {})
@@ -340,6 +367,12 @@ def _model_spec(config, data_spec: DataSpec) -> ModelSpec:
   for key in ("gamma_min", "gamma_max", "label_dropout", "sigmoid_bias"):
     g[key] = _float(f"config.model.{key}", g[key])
   spec = ModelSpec(network=network, network_kwargs=tuple(sorted(net_kwargs.items())), **g)
+  if network == CLASSIFIER_NETWORK:
+    for key, value in _NOT_FOR_CLASSIFIER.items():
+      if getattr(spec, key) != value:
+        raise ValueError(f"config.model.{key}={getattr(spec, key)!r} is a setting of the "
+                         f"diffusion objective; a noisy classifier has none: set it to "
+                         f"{value!r}.")
   try:
     spec.build()   # the model's own checks (model.validate) and the network's
   except (TypeError, ValueError) as e:
@@ -426,7 +459,9 @@ def _sampler_fields(g: dict, w: str, model_spec: ModelSpec) -> dict:
       per_device_batch=_int(w + "per_device_batch", g["per_device_batch"], 1),
       rtol=_float(w + "rtol", g["rtol"], 0.0, 1.0, low_open=True, high_open=True),
       atol=_float(w + "atol", g["atol"], 0.0, 1.0, low_open=True, high_open=True),
-      spacing=g["spacing"], order=g["order"])
+      spacing=g["spacing"], order=g["order"],
+      classifier_workdir=None if g["classifier_workdir"] is None else str(g["classifier_workdir"]),
+      classifier_scale=_float(w + "classifier_scale", g["classifier_scale"], 0.0))
   try:   # the sampler's own checks (sampling.args), the one source of what each takes
     sampling.resolve_eta(out["sampler"], out["eta"])
     sampling.resolve_spacing(out["sampler"], out["spacing"])
@@ -437,6 +472,13 @@ def _sampler_fields(g: dict, w: str, model_spec: ModelSpec) -> dict:
     raise ValueError(f"{w}guidance_weight={out['guidance_weight']} needs a class-conditional "
                      "model: set config.model.num_classes (and label_dropout > 0 to train the "
                      "unconditional model too), or guidance_weight=0.")
+  if out["classifier_scale"] and out["classifier_workdir"] is None:
+    raise ValueError(f"{w}classifier_scale={out['classifier_scale']} needs a classifier: set "
+                     f"{w}classifier_workdir to a noisy-classifier run's workdir (one trained "
+                     "with config.model.network='noisy_classifier').")
+  if out["classifier_workdir"] is not None and model_spec.network == CLASSIFIER_NETWORK:
+    raise ValueError(f"{w}classifier_workdir guides a diffusion model's samples; this config "
+                     "trains the noisy classifier itself, which is not sampled.")
   return out
 
 
@@ -466,6 +508,10 @@ def _sample_eval_spec(config, model_spec: ModelSpec, data_spec: DataSpec) -> Sam
       pr_k=_int(w + "pr_k", g["pr_k"], 1),
       cache_dir=None if g["cache_dir"] is None else str(g["cache_dir"]),
       **_sampler_fields(g, w, model_spec))
+  if spec.every_steps and model_spec.network == CLASSIFIER_NETWORK:
+    raise ValueError(f"{w}every_steps={spec.every_steps}: a noisy classifier is not sampled; "
+                     "set it to 0 (its samples are measured by sampling a diffusion run with "
+                     f"{w}classifier_workdir).")
   if (spec.feature_weights is None) != (spec.feature_sha256 is None):
     raise ValueError(f"{w}feature_weights and {w}feature_sha256 go together: a weights file of "
                      "experiments/train_classifier.py and the sha256 its run wrote to "

@@ -201,7 +201,7 @@ def _ode_batch(variables, images, labels, key, *, model, num_time_samples, trace
   return out
 
 
-def _gather(out: Mapping[str, Array], mask: np.ndarray) -> tuple[dict, np.ndarray]:
+def gather_batch(out: Mapping[str, Array], mask: np.ndarray) -> tuple[dict, np.ndarray]:
   """Per-example results and the real-row mask of one batch, for the whole global batch on
   every process: with several processes, each holds only its rows (of a batch sharded over
   every device, or computed on its own devices), so both are gathered in process order, the
@@ -282,7 +282,7 @@ def evaluate(model, variables: Any, batches: Iterable[Mapping[str, Any]], key: A
   num_dims = None
 
   def collect(pending):
-    out, mask = _gather(*pending)
+    out, mask = gather_batch(*pending)
     for name in sums:
       sums[name].append(np.asarray(out[name], np.float64).reshape(-1)[mask])
     if diffusion_t_bins:

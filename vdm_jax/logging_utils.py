@@ -159,18 +159,19 @@ def save_image_grid(images: np.ndarray, path: str | os.PathLike, ncols: int | No
   return grid
 
 
-def save_samples(samples: np.ndarray, stem: str | os.PathLike,
-                 vocab_size: int | None) -> tuple[Path, np.ndarray | None]:
+def save_samples(samples: np.ndarray, stem: str | os.PathLike, vocab_size: int | None,
+                 ncols: int | None = None) -> tuple[Path, np.ndarray | None]:
   """Writes samples where a person can look at them: integer images [N, H, W, 1 or 3] of a
-  discrete data model (vocab_size) as the PNG grid `stem`.png, anything else (continuous data,
-  other shapes) as the array `stem`.npy. Returns (the path written, the grid or None)."""
+  discrete data model (vocab_size) as the PNG grid `stem`.png (ncols columns; None: about
+  square), anything else (continuous data, other shapes) as the array `stem`.npy. Returns (the
+  path written, the grid or None)."""
   samples = np.asarray(samples)
   stem = Path(stem)
   stem.parent.mkdir(parents=True, exist_ok=True)
   if vocab_size is not None and samples.ndim == 4 and samples.shape[-1] in (1, 3) and \
       np.issubdtype(samples.dtype, np.integer):
     path = stem.with_suffix(".png")
-    return path, save_image_grid(samples, path, vocab_size=vocab_size)
+    return path, save_image_grid(samples, path, ncols, vocab_size=vocab_size)
   path = stem.with_suffix(".npy")
   np.save(path, samples)
   return path, None

@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
       data_dir=placeholder(str),    # searched first for the files; None: VDM_DATA_DIR, system dirs
   )
   c.model = dict(
-      network="unet",               # a key of vdm_jax.model.NETWORKS; its group below is used
+      network="unet",               # a key of vdm_jax.model.NETWORKS (or noisy_classifier); its group below
       # nets.UNet attributes (num_classes and dtype come from this group).
       unet=dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
                 dropout=0.1, with_fourier_features=False, fourier_freqs=(6, 7),
@@ -39,6 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
       # nets.MLPScoreNet attributes: data of any shape (vectors, sequences).
       mlp=dict(hidden=256, num_layers=4, n_embd=64, with_fourier_features=True,
                fourier_freqs=(-1, 0, 1, 2), dropout=0.0),
+      # nets.NoisyClassifier attributes: network="noisy_classifier" trains p(y | z_t) on the
+      # schedule below (fixed: the diffusion model's trained one) for classifier guidance.
+      noisy_classifier=dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, dropout=0.0),
       image_shape=(28, 28, 1),      # one example's shape, (H, W, C) for images: as the dataset's
       data=ModelSpec.data,          # data model: discrete (integers) | continuous (floats)
       vocab_size=256,               # discrete: values per dimension (8-bit data)
@@ -101,6 +104,8 @@ def get_config() -> ml_collections.ConfigDict:
       per_device_batch=SamplingSpec.per_device_batch,
       rtol=SamplingSpec.rtol,       # ode: the solver's relative tolerance
       atol=SamplingSpec.atol,       # ode: the solver's absolute tolerance
+      classifier_workdir=placeholder(str),   # classifier guidance: a noisy-classifier run
+      classifier_scale=SamplingSpec.classifier_scale,   # ... and its scale (0: unguided)
   )
   S = SampleEvalSpec
   c.sample_eval = dict(             # sample quality (FD, KID, precision/recall); --mode=sample_eval
@@ -109,6 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
       sampler=S.sampler, T=S.T, eta=placeholder(float),   # as config.sampling
       spacing=placeholder(str), order=placeholder(int),
       guidance_weight=S.guidance_weight,
+      classifier_workdir=placeholder(str), classifier_scale=S.classifier_scale,
       per_device_batch=S.per_device_batch, rtol=S.rtol, atol=S.atol,
       feature_network=S.feature_network,   # auto (named like the dataset) | a shipped network
       feature_weights=placeholder(str),    # or your own: a train_classifier.py weights file

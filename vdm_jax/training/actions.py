@@ -17,6 +17,7 @@ import numpy as np
 from vdm_jax import data, evaluation, logging_utils, parallel, sampling
 from vdm_jax import model as model_lib
 from vdm_jax.config import EvalSpec, RunSpec, SamplingSpec
+from vdm_jax.training import guidance
 
 
 def check_values_fit(spec: RunSpec, split: str, images: np.ndarray) -> None:
@@ -87,8 +88,10 @@ def sample_params(model: model_lib.VDM, params, spec: SamplingSpec, key: jax.Arr
                   num_samples: int | None = None) -> np.ndarray:
   """`num_samples` (default spec.num_samples) images, int32 [N, H, W, C], drawn by
   `sampling.sample_model` with the spec's sampler (T and eta, or rtol and atol for "ode") and
-  (class-conditional models) guidance weight; labels as `sample_labels`."""
+  (class-conditional models) guidance weight, guided by spec.classifier_workdir's classifier
+  when set (`guidance.guide`); labels as `sample_labels`."""
   n = spec.num_samples if num_samples is None else num_samples
+  model, params = guidance.guide(spec, model, params)
   kwargs = {"guidance_weight": spec.guidance_weight} if model.num_classes else {}
   images = sampling.sample_model(model, {"params": params}, key, n,
                                  labels=sample_labels(model, n), **spec.sampler_kwargs(),

@@ -1,5 +1,6 @@
-"""The training loop: steps, and the periodic actions (log, checkpoint, eval, sample, and sample
-quality when config.sample_eval.every_steps > 0).
+"""The training loop: steps of an objective (`objectives.of(model)`: a diffusion model, or a noisy
+classifier for guidance), and the periodic actions (log, checkpoint, eval, sample, and sample
+quality when config.sample_eval.every_steps > 0; a classifier is not sampled).
 
     from vdm_jax import config as config_lib, training
     training.train_and_evaluate(config_lib.resolve(config), workdir)   # resumes if it can
@@ -28,7 +29,7 @@ from vdm_jax import checkpoint as checkpoint_lib
 from vdm_jax import data, logging_utils, parallel
 from vdm_jax import model as model_lib
 from vdm_jax.config import RunSpec
-from vdm_jax.training import actions, sample_eval
+from vdm_jax.training import actions, objectives, sample_eval
 from vdm_jax.training import optimizer as optimizer_lib
 from vdm_jax.training import state as state_lib
 from vdm_jax.training import step as step_lib
@@ -177,7 +178,7 @@ def train_and_evaluate(spec: RunSpec, workdir: str | Path, *,
   that state is not saved.
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
-  model = spec.model.build()
+  model = spec.model.build()   # a VDM, or what another objective trains (`objectives.of`)
   # Both splits are read once, before anything is compiled or written: a missing or damaged
   # file fails here, not after training.
   train_split = data.load_arrays(spec.data.name, "train", spec.data.data_dir)
@@ -233,6 +234,7 @@ def _restore_or_init(spec: RunSpec, model, optimizer, mesh, ckpt, allow_config_c
 def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, mesh, writer,
          ckpt, train_split, test_split, evaluator) -> dict:
   loop, num_steps, step = spec.training, spec.training.num_steps, int(state.step)
+  objective = objectives.of(model)
   _log_start(spec, model, state, mesh, writer, step)
   train_step = step_lib.compiled_train_step(model, optimizer, mesh,
                                             ema_rate=spec.optimizer.ema_rate)
@@ -243,9 +245,9 @@ def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, m
 
   def log(step, values):
     nonlocal last_record
-    last_record = _log_train(spec, writer, step, values, throughput.rate(step),
+    last_record = _log_train(spec, objective, writer, step, values, throughput.rate(step),
                              len(train_split[0]))
-    bar.update(0, bpd=last_record["train/bpd"])
+    bar.update(0, **{objective.headline.split("/")[-1]: last_record[objective.headline]})
 
   # Steps on disk, listed once: listing again while a save is in flight would reload orbax's
   # bookkeeping and keep more than keep_checkpoints steps.
@@ -258,7 +260,7 @@ def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, m
 
   def evaluate(step, _=None):
     nonlocal last_record
-    last_record = _log_eval(writer, step, actions.evaluate_params(
+    last_record = _log_eval(objective, writer, step, objective.evaluate(
         model, state.ema_params, spec.eval, test_split, mesh, actions.eval_key(loop.seed)))
 
   def sample(step, _=None):
@@ -271,7 +273,9 @@ def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, m
     writer.write(step, result)
 
   periodic = [(Every(loop.log_every), log), (Every(loop.checkpoint_every), save),
-              (Every(loop.eval_every), evaluate), (Every(loop.sample_every), sample)]
+              (Every(loop.eval_every), evaluate)]
+  if objective.samples:   # a noisy classifier has nothing to sample
+    periodic.append((Every(loop.sample_every), sample))
   if evaluator is not None:   # every_steps > 0 (Every(0) would still be due at the last step)
     periodic.append((Every(spec.sample_eval.every_steps), sample_quality))
   pending, throughput, start_step = _Pending(), _Throughput(step), step
@@ -302,7 +306,8 @@ def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, m
 
   if start_step == num_steps:   # a finished run: evaluate and sample its final state again
     evaluate(step)
-    sample(step)
+    if objective.samples:
+      sample(step)
     if evaluator is not None:
       sample_quality(step)
   save(step)
@@ -341,10 +346,11 @@ class _Preemption:
 def _log_start(spec: RunSpec, model, state, mesh, writer, step: int) -> None:
   num_params = model_lib.param_count(state.params)
   m = spec.model
+  network = getattr(model, "network", None) or model.classifier
   logger.info(
       "Training %s on %s: %d parameters, network %s, schedule %s, weighting %s, schedule "
       "objective %s; global batch %d on %d devices (%d processes); steps %d -> %d.",
-      type(model.network).__name__, spec.data.name, num_params, m.network, m.schedule,
+      type(network).__name__, spec.data.name, num_params, m.network, m.schedule,
       m.weighting, m.schedule_objective, spec.training.batch_size, mesh.devices.size,
       jax.process_count(), step, spec.training.num_steps)
   writer.write(step, {"event": "start", "weighting": m.weighting,
@@ -354,26 +360,21 @@ def _log_start(spec: RunSpec, model, state, mesh, writer, step: int) -> None:
   writer.write_text(step, "config", "```\n" + spec.to_json() + "\n```")
 
 
-def _log_train(spec: RunSpec, writer, step: int, values: dict, rate: float,
+def _log_train(spec: RunSpec, objective, writer, step: int, values: dict, rate: float,
                num_train: int) -> dict:
   batch, num_steps = spec.training.batch_size, spec.training.num_steps
   record = {k: float(np.mean(v)) for k, v in values.items() if k != "train/finite"}
   record.update({"steps_per_s": rate, "images_per_s": rate * batch,
                  "epoch": step * batch / num_train})
   eta = (num_steps - step) / rate if rate > 0 else float("nan")
-  logger.info("step %d/%d: train bpd %.4f (recon %.4f prior %.4f diffusion %.4f), "
-              "%.2f steps/s, %.1f images/s, ETA %s", step, num_steps, record["train/bpd"],
-              record["train/recon_bpd"], record["train/prior_bpd"],
-              record["train/diffusion_bpd"], rate, rate * batch,
+  logger.info("step %d/%d: %s, %.2f steps/s, %.1f images/s, ETA %s", step, num_steps,
+              objective.train_line(record), rate, rate * batch,
               logging_utils.format_duration(eta))
   return writer.write(step, record)
 
 
-def _log_eval(writer, step: int, result: dict) -> dict:
-  logger.info("step %d: eval bpd %.4f +- %.4f (recon %.4f, prior %.4f, diffusion %.4f) on %d "
-              "test images in %.1fs; %s", step, result["eval/bpd"], result["eval/bpd_se"],
-              result["eval/recon_bpd"], result["eval/prior_bpd"], result["eval/diffusion_bpd"],
-              result["eval/num_images"], result["eval/seconds"], result["eval/bpd_meaning"])
+def _log_eval(objective, writer, step: int, result: dict) -> dict:
+  logger.info("step %d: %s", step, objective.eval_line(result))
   return writer.write(step, result)
 
 

@@ -9,37 +9,12 @@ from pathlib import Path
 
 import jax
 
-from vdm_jax import checkpoint as checkpoint_lib
 from vdm_jax import data, parallel
 from vdm_jax.config import RunSpec
-from vdm_jax.training import actions, sample_eval, sample_shards
-from vdm_jax.training import optimizer as optimizer_lib
-from vdm_jax.training import state as state_lib
+from vdm_jax.training import actions, guidance, sample_eval, sample_shards
+from vdm_jax.training.state import restore_state
 
 logger = logging.getLogger(__name__)
-
-
-def restore_state(spec: RunSpec, workdir: str | Path, step: int | None = None,
-                  mesh: jax.sharding.Mesh | None = None):
-  """(model, train state, step) from the latest (or `step`) checkpoint in
-  `<workdir>/checkpoints`; the EMA parameters are `state.ema_params`."""
-  mesh = parallel.make_mesh() if mesh is None else mesh
-  model = spec.model.build()
-  optimizer = optimizer_lib.make_optimizer(spec.optimizer, spec.training.num_steps)
-  directory = Path(workdir) / "checkpoints"
-  ckpt = checkpoint_lib.Checkpointer(directory, max_to_keep=None)
-  try:
-    # Nothing is moved here: a damaged step is skipped (warning), never set aside.
-    restored = ckpt.restore(state_lib.abstract_state(model, optimizer, mesh), step=step,
-                            set_aside=False)
-    if restored is None:
-      raise FileNotFoundError(
-          f"No checkpoint in {directory}: train first (--mode=train with this --workdir), or "
-          "point --workdir at a folder holding checkpoints/.")
-    state, _ = restored
-  finally:
-    ckpt.close()
-  return model, state, int(state.step)
 
 
 def checkpoint_params(spec: RunSpec, workdir: str | Path, step: int | None,
@@ -97,13 +72,18 @@ def sample_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None = Non
   first samples in `<workdir>/samples_step_<step>.png`. num_samples None: spec.sampling's.
   seed None uses the run's own sample key. Returns the paths, the step and the counts.
   With `official_checkpoint`, that checkpoint (`checkpoint_params`), into
-  `<workdir>/samples_official_step_<step>/` and `.png`."""
+  `<workdir>/samples_official_step_<step>/` and `.png`. With spec.sampling.classifier_workdir,
+  guided by that noisy classifier (`guidance.guide`; the grid one class per column), into
+  `samples_<prefix>step_<step>_cg<scale>/`."""
   mesh = parallel.make_mesh() if mesh is None else mesh
   model, params, step, prefix = checkpoint_params(spec, workdir, step, official_checkpoint, mesh)
+  model, params = guidance.guide(spec.sampling, model, params, mesh)
   key = actions.sample_key(spec.training.seed) if seed is None else jax.random.PRNGKey(seed)
   n = spec.sampling.num_samples if num_samples is None else int(num_samples)
-  out_dir = Path(workdir) / f"samples_{prefix}step_{step}"
-  png = Path(workdir) / f"samples_{prefix}step_{step}.png"
+  name = f"samples_{prefix}step_{step}"
+  if spec.sampling.classifier_workdir is not None:
+    name += f"_cg{spec.sampling.classifier_scale:g}"
+  out_dir, png = Path(workdir) / name, Path(workdir) / f"{name}.png"
   stats = sample_shards.write_shards(model, {"params": params}, spec.sampling, key,
                                      mesh, out_dir, n,
                                      per_device_batch=spec.sampling.per_device_batch,
@@ -134,6 +114,10 @@ def sample_eval_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None 
     record["checkpoint"] = str(official_checkpoint)
   s, n = spec.sample_eval, result["sample_eval/num_samples"]
   how = s.sampler if s.sampler == "ode" else f"{s.sampler}-{s.T}"
+  if s.guidance_weight:
+    how += f"_w{s.guidance_weight:g}"
+  if s.classifier_workdir is not None:
+    how += f"_cg{s.classifier_scale:g}"
   if jax.process_index() == 0:
     Path(workdir).mkdir(parents=True, exist_ok=True)
     (Path(workdir) / f"sample_eval_{prefix}step_{step}_{how}_n{n}.json").write_text(

@@ -36,7 +36,7 @@ from vdm_jax import data, likelihood, logging_utils, metrics
 from vdm_jax import model as model_lib
 from vdm_jax.config import RunSpec, SampleEvalSpec, SamplingSpec
 from vdm_jax.metrics import features as feature_networks
-from vdm_jax.training import sample_shards
+from vdm_jax.training import guidance, sample_shards
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +203,7 @@ class SampleEvaluator:
       raise ValueError(f"num_samples={n}: precision/recall (k={s.pr_k}) needs more than "
                        f"{s.pr_k} samples.")
     chunk_size = how.per_device_batch * mesh.devices.size
+    model, params = guidance.guide(how, model, params, mesh)
     check_network_fits(self.net, model)
     chunks = sample_shards.generate(model, {"params": params}, how, key, mesh, n,
                                     per_device_batch=how.per_device_batch)

@@ -112,6 +112,21 @@ def _done_everywhere(out_dir: Path, total: int) -> set[int]:
   return {int(c) for c in np.flatnonzero(mine)}
 
 
+# Images in the grid of --mode=sample: the first of chunk 0.
+GRID_IMAGES = 64
+
+
+def _save_grid(images: np.ndarray, stem: Path, model) -> None:
+  """The first GRID_IMAGES samples; for class-conditional (or guided) samples, labels 0, 1,
+  2, ... cyclically, one class per column."""
+  classes = model.num_classes
+  if classes and classes <= min(GRID_IMAGES, len(images)):
+    n = min(GRID_IMAGES, len(images)) // classes * classes
+    logging_utils.save_samples(images[:n], stem, model.vocab_size, ncols=classes)
+  else:
+    logging_utils.save_samples(images[:GRID_IMAGES], stem, model.vocab_size)
+
+
 def write_shards(model: model_lib.VDM, variables, spec: SamplingSpec, key: jax.Array, mesh,
                  out_dir: str | os.PathLike, num_samples: int, *, per_device_batch: int,
                  grid_path: str | os.PathLike | None = None) -> dict:
@@ -137,8 +152,7 @@ def write_shards(model: model_lib.VDM, variables, spec: SamplingSpec, key: jax.A
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
     if grid_path is not None and chunk.chunk == 0 and jax.process_index() == 0:
-      logging_utils.save_samples(chunk.images[:64], Path(grid_path).with_suffix(""),
-                                 model.vocab_size)
+      _save_grid(chunk.images, Path(grid_path).with_suffix(""), model)
     written += 1
     elapsed = time.perf_counter() - start
     rate = written * chunk_size / elapsed

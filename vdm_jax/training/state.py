@@ -1,4 +1,4 @@
-"""The train state, and the one function that builds it.
+"""The train state, the one function that builds it, and its restoring from a run's checkpoint.
 
 `init_state` is the only place the seed becomes parameters and the per-step key: the real state
 (`create_state`, compiled and replicated over the mesh) and the abstract state that a checkpoint
@@ -8,6 +8,7 @@ disagree.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import flax
@@ -15,8 +16,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vdm_jax import checkpoint as checkpoint_lib
 from vdm_jax import model as model_lib
 from vdm_jax import parallel
+from vdm_jax.config import RunSpec
+from vdm_jax.training import optimizer as optimizer_lib
 
 PyTree = Any
 
@@ -69,3 +73,26 @@ def abstract_state(model: model_lib.VDM, optimizer: optax.GradientTransformation
   repl = parallel.replicated(mesh)
   return jax.tree_util.tree_map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
+
+
+def restore_state(spec: RunSpec, workdir: str | Path, step: int | None = None,
+                  mesh: jax.sharding.Mesh | None = None):
+  """(model, train state, step) from the latest (or `step`) checkpoint in
+  `<workdir>/checkpoints`; the EMA parameters are `state.ema_params`."""
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  model = spec.model.build()
+  optimizer = optimizer_lib.make_optimizer(spec.optimizer, spec.training.num_steps)
+  directory = Path(workdir) / "checkpoints"
+  ckpt = checkpoint_lib.Checkpointer(directory, max_to_keep=None)
+  try:
+    # Nothing is moved here: a damaged step is skipped (warning), never set aside.
+    restored = ckpt.restore(abstract_state(model, optimizer, mesh), step=step,
+                            set_aside=False)
+    if restored is None:
+      raise FileNotFoundError(
+          f"No checkpoint in {directory}: train first (--mode=train with this --workdir), or "
+          "point --workdir at a folder holding checkpoints/.")
+    state, _ = restored
+  finally:
+    ckpt.close()
+  return model, state, int(state.step)

@@ -1,4 +1,4 @@
-"""The objective and the jit-compiled, data-parallel train step (update + EMA + metrics).
+"""The jit-compiled, data-parallel train step (update + EMA + metrics) of any objective.
 
 Each step's random key is `fold_in(state.rng, state.step)`, so the numbers depend neither on the
 device count, nor on how many steps run per call, nor on where a run was resumed.
@@ -6,78 +6,46 @@ device count, nor on how many steps run per call, nor on where a run was resumed
 from __future__ import annotations
 
 import functools
-import math
-from typing import Callable, Mapping
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from vdm_jax import likelihood, parallel
-from vdm_jax import model as model_lib
+from vdm_jax import parallel
+from vdm_jax.training import objectives
 from vdm_jax.training import optimizer as optimizer_lib
 from vdm_jax.training.state import TrainState
 
 Array = jax.Array
 
 
-def loss_fn(model: model_lib.VDM, params, batch: Mapping[str, Array], rng: Array,
-            train: bool = True) -> tuple[Array, dict]:
-  """The training objective and its metrics for one batch: the one place the train step gets
-  its loss from.
-
-  Args:
-    model: the VDM module; `VDM.objective` gives the per-example objective (the negative ELBO
-      unless the model's weighting / schedule_objective say otherwise) and the bound from the
-      same draws.
-    params: its 'params' collection.
-    batch: 'image' integer [B, H, W, C] (and 'label' int [B] for a class-conditional model).
-    rng: key for this step; split into the model's 'sample' and 'dropout' streams.
-    train: dropout (and label dropout) on.
-
-  Returns:
-    (objective, metrics): objective = the batch mean of the per-example objective in nats
-    (what the gradient is taken of); metrics 'train/loss' (the same) and the bound in bits per
-    dimension: 'train/bpd' and its terms 'train/recon_bpd', 'train/prior_bpd',
-    'train/diffusion_bpd'.
-  """
-  k_sample, k_dropout = jax.random.split(rng)
-  labels = batch["label"].astype(jnp.int32) if model.num_classes else None
-  per_example, bound = model.apply({"params": params}, batch["image"], labels, train=train,
-                                   rngs={"sample": k_sample, "dropout": k_dropout},
-                                   method=model.objective)
-  objective = jnp.mean(per_example)
-  num_dims = math.prod(model.image_shape)
-  bpd = lambda v: likelihood.nats_to_bpd(jnp.mean(v), num_dims)
-  return objective, {
-      "train/loss": objective,
-      "train/bpd": bpd(bound.total),
-      "train/recon_bpd": bpd(bound.recon),
-      "train/prior_bpd": bpd(bound.prior),
-      "train/diffusion_bpd": bpd(bound.diffusion),
-  }
+# `training.loss_fn`: the diffusion model's objective and metrics for one batch.
+loss_fn = objectives.diffusion_loss_fn
 
 
 def _all_finite(tree) -> Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def make_train_step(model: model_lib.VDM, optimizer: optax.GradientTransformation,
+def make_train_step(model, optimizer: optax.GradientTransformation,
                     mesh: jax.sharding.Mesh, *, ema_rate: float,
                     unroll: bool | None = None) -> Callable:
   """The jit-compiled, data-parallel train step.
 
   Returns `step_fn(state, batches) -> (state, metrics)`: `batches` is a dict of arrays stacked
   over steps, [S, B, ...] with the global batch B (split over 'data' on axis 1); it runs S
-  optimizer steps. `metrics` holds [S] arrays per key: the `loss_fn` metrics and
-  'train/grad_norm' (before clipping), 'train/lr' (from the optimizer state), 'train/gamma_min',
-  'train/gamma_max' and 'train/finite' (loss, gradients and new parameters all finite).
+  optimizer steps of `objectives.of(model)`. `metrics` holds [S] arrays per key: the
+  objective's metrics and 'train/grad_norm' (before clipping), 'train/lr' (from the optimizer
+  state), 'train/gamma_min', 'train/gamma_max' and 'train/finite' (loss, gradients and new
+  parameters all finite).
   `state` is donated.
 
   unroll: run the S steps as S unrolled copies instead of `lax.scan` (compile time grows with
   S). Default: unrolled on CPU, scanned elsewhere.
   """
-  grad_fn = jax.value_and_grad(functools.partial(loss_fn, model, train=True), has_aux=True)
+  objective_fn = objectives.of(model).loss_fn
+  grad_fn = jax.value_and_grad(functools.partial(objective_fn, model, train=True), has_aux=True)
 
   def one_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
