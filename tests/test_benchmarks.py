@@ -210,6 +210,7 @@ def test_documented_ode_bound_commands_parse():
     ode_bound.parse_shard(args.shard)
 
 
+@pytest.mark.heavy   # a whole run end to end: minutes on 2 CPU cores
 def test_ode_bound_resumes_with_the_same_numbers_and_summarizes_them(tmp_path):
   spec = config_lib.resolve(tiny_config())
   workdir = tmp_path / "run"
@@ -287,6 +288,7 @@ def test_ode_bound_resumes_with_the_same_numbers_and_summarizes_them(tmp_path):
     ode_bound.main([*args, "--summary_only"])
 
 
+@pytest.mark.heavy   # a whole run end to end: minutes on 2 CPU cores
 def test_sample_quality_rows_start_from_one_noise_and_the_floor_beats_an_untrained_model(
     tmp_path):
   spec = config_lib.resolve(tiny_config(**{
@@ -319,6 +321,7 @@ def test_sample_quality_rows_start_from_one_noise_and_the_floor_beats_an_untrain
     assert r["num_samples"] == 12 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
 
 
+@pytest.mark.heavy   # a whole run end to end: minutes on 2 CPU cores
 def test_solver_error_is_zero_where_every_solver_is_exact(tmp_path):
   # An untrained network predicts eps = 0 (zero-initialised output layer), so the flow is
   # z_t = z_1 alpha_t / alpha_1: every solver ends at x_0 = z_1 / alpha_1 exactly, the ODE to

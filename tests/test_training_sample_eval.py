@@ -121,6 +121,7 @@ def test_reference_statistics_are_cached_under_their_key(tmp_path, test_images, 
   np.testing.assert_array_equal(redone[0].mean, first[0].mean)
 
 
+@pytest.mark.heavy   # a whole run end to end: minutes on 2 CPU cores
 def test_the_training_loop_logs_sample_quality(cache_dir, tmp_path):
   spec = config_lib.resolve(tiny_config(**{
       **SETTINGS, "sample_eval.cache_dir": cache_dir, "sample_eval.every_steps": 1,
