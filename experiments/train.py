@@ -18,7 +18,8 @@ ways past a workdir whose checkpoints do not restore or were written with other 
 and writes it to <workdir>/eval_step_<step>.json (metrics.jsonl is the training run's history).
 --mode=sample draws --num_samples images over every device of every process, in chunks, into
 shard files <workdir>/samples_step_<step>/chunk_<c>-process_<p>.npz (uint8 images, labels,
-sample ids; a rerun completes what is missing) and a grid <workdir>/samples_step_<step>.png.
+sample ids; a rerun with the same settings completes what is missing, one with others is
+refused) and a grid <workdir>/samples_step_<step>.png.
 --mode=sample_eval draws config.sample_eval.num_samples (or --num_samples) samples with its
 sampler and prints FD, KID (+- std), precision and recall against the test split in the
 feature network's space (and its class accuracy on conditional samples), written to

@@ -1,4 +1,7 @@
 """Sampling in chunks over every device: coverage, resumption, the same samples on any mesh."""
+import dataclasses
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -32,6 +35,17 @@ def test_shards_cover_every_sample_once_and_resume(setup, tmp_path):
   assert (again["written"], again["skipped"]) == (1, 2)
   for k, v in sample_shards.read_shards(tmp_path).items():
     np.testing.assert_array_equal(v, merged[k])
+  # Other settings (guidance weight, key, chunk size) would mix two distributions: refused
+  # before anything is drawn, and nothing on disk changes.
+  before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+  other = dataclasses.replace(spec.sampling, guidance_weight=2.0)
+  for args, kwargs, what in [((other, key), {}, "guidance_weight: 0.0 there, 2.0 now"),
+                             ((spec.sampling, jax.random.PRNGKey(3)), {}, "key: "),
+                             ((spec.sampling, key), {"per_device_batch": 2}, "chunk_size: 8")]:
+    with pytest.raises(ValueError, match=re.escape(what)):
+      sample_shards.write_shards(model, variables, *args, mesh, tmp_path, 20,
+                                 **{"per_device_batch": 1, **kwargs})
+  assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_the_same_samples_on_one_device_and_on_eight(setup):

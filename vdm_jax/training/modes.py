@@ -62,6 +62,15 @@ def evaluate_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None = N
   return record
 
 
+def guidance_suffix(how) -> str:
+  """'_w<weight>' for classifier-free guidance, '_cg<scale>' for classifier guidance (both,
+  in that order, or ''): part of the names of sample folders and sample-eval records."""
+  out = f"_w{how.guidance_weight:g}" if how.guidance_weight else ""
+  if how.classifier_workdir is not None:
+    out += f"_cg{how.classifier_scale:g}"
+  return out
+
+
 def sample_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None = None,
                       num_samples: int | None = None, *, seed: int | None = None,
                       mesh: jax.sharding.Mesh | None = None,
@@ -74,15 +83,14 @@ def sample_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None = Non
   With `official_checkpoint`, that checkpoint (`checkpoint_params`), into
   `<workdir>/samples_official_step_<step>/` and `.png`. With spec.sampling.classifier_workdir,
   guided by that noisy classifier (`guidance.guide`; the grid one class per column), into
-  `samples_<prefix>step_<step>_cg<scale>/`."""
+  `samples_<prefix>step_<step>_cg<scale>/`; with classifier-free guidance, `..._w<weight>/`.
+  A folder sampled with other settings is refused (`sample_shards.write_shards`)."""
   mesh = parallel.make_mesh() if mesh is None else mesh
   model, params, step, prefix = checkpoint_params(spec, workdir, step, official_checkpoint, mesh)
   model, params = guidance.guide(spec.sampling, model, params, mesh)
   key = actions.sample_key(spec.training.seed) if seed is None else jax.random.PRNGKey(seed)
   n = spec.sampling.num_samples if num_samples is None else int(num_samples)
-  name = f"samples_{prefix}step_{step}"
-  if spec.sampling.classifier_workdir is not None:
-    name += f"_cg{spec.sampling.classifier_scale:g}"
+  name = f"samples_{prefix}step_{step}{guidance_suffix(spec.sampling)}"
   out_dir, png = Path(workdir) / name, Path(workdir) / f"{name}.png"
   stats = sample_shards.write_shards(model, {"params": params}, spec.sampling, key,
                                      mesh, out_dir, n,
@@ -114,10 +122,7 @@ def sample_eval_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None 
     record["checkpoint"] = str(official_checkpoint)
   s, n = spec.sample_eval, result["sample_eval/num_samples"]
   how = s.sampler if s.sampler == "ode" else f"{s.sampler}-{s.T}"
-  if s.guidance_weight:
-    how += f"_w{s.guidance_weight:g}"
-  if s.classifier_workdir is not None:
-    how += f"_cg{s.classifier_scale:g}"
+  how += guidance_suffix(s)
   if jax.process_index() == 0:
     Path(workdir).mkdir(parents=True, exist_ok=True)
     (Path(workdir) / f"sample_eval_{prefix}step_{step}_{how}_n{n}.json").write_text(

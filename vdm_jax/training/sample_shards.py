@@ -11,12 +11,15 @@ depend only on (key, G, c): the same on 1 process x 4 devices as on 2 x 2.
 `write_shards` drives it for `--mode=sample`: every process writes its rows of chunk c to
 `<out_dir>/chunk_<c>-process_<p>.npz` (uint8 images, labels, sample ids) atomically, skips
 chunks whose files every process already has (a rerun resumes), logs images/s and ETA, and
-process 0 writes the PNG grid of the first samples.
+process 0 writes the PNG grid of the first samples. `<out_dir>/settings.json` records what the
+samples depend on (the sampling settings, the key, the chunk size); a rerun with other settings
+is refused before anything is drawn, since its chunks would not continue those on disk.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import time
@@ -127,6 +130,33 @@ def _save_grid(images: np.ndarray, stem: Path, model) -> None:
     logging_utils.save_samples(images[:GRID_IMAGES], stem, model.vocab_size)
 
 
+# SamplingSpec fields that do not change a sample: how many are drawn (a rerun with more
+# extends the shards) and the per-device share of a chunk (its size is recorded instead).
+_NOT_SETTINGS = ("num_samples", "per_device_batch")
+
+
+def _check_settings(out_dir: Path, spec: SamplingSpec, key: jax.Array, chunk_size: int) -> None:
+  """Writes <out_dir>/settings.json, or raises ValueError when the one there differs."""
+  settings = {k: v for k, v in dataclasses.asdict(spec).items() if k not in _NOT_SETTINGS}
+  settings = json.loads(json.dumps({
+      **settings, "key": np.asarray(jax.random.key_data(key)).tolist(),
+      "chunk_size": chunk_size}, default=str))
+  path = out_dir / "settings.json"
+  if path.exists():
+    old = json.loads(path.read_text())
+    if old != settings:
+      diff = ", ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now"
+                       for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k))
+      raise ValueError(
+          f"{out_dir} holds samples drawn with other settings ({diff}); a rerun only completes "
+          f"samples drawn the same way: remove that folder, or sample the new settings into "
+          f"another workdir.")
+  elif jax.process_index() == 0:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
 def write_shards(model: model_lib.VDM, variables, spec: SamplingSpec, key: jax.Array, mesh,
                  out_dir: str | os.PathLike, num_samples: int, *, per_device_batch: int,
                  grid_path: str | os.PathLike | None = None) -> dict:
@@ -135,6 +165,7 @@ def write_shards(model: model_lib.VDM, variables, spec: SamplingSpec, key: jax.A
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   chunk_size = per_device_batch * mesh.devices.size
+  _check_settings(out_dir, spec, key, chunk_size)
   total = num_chunks(num_samples, chunk_size)
   done = _done_everywhere(out_dir, total)
   if done:
