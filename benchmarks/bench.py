@@ -42,12 +42,8 @@ trained model with DDIM and 50 steps:
 from __future__ import annotations
 
 import argparse
-import ast
 import functools
 import json
-import os
-import platform
-import resource
 import statistics
 import sys
 import time
@@ -63,213 +59,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.configs import base, quickstart  # noqa: E402
-from vdm_jax import config as config_lib  # noqa: E402
 from vdm_jax import evaluation, parallel, sampling, training  # noqa: E402
-import flops  # noqa: E402  (benchmarks/flops.py)
 from vdm_jax import model as model_lib  # noqa: E402
-from vdm_jax.training import workdir as workdir_lib  # noqa: E402
-
-
-# ============================================================================ configs
-
-
-def _vdm_unet_config(dataset, image_shape, batch_size, **network):
-  """base.get_config() with the vdm_unet network (`network`: its attributes that differ from
-  base.py's, which are the paper's network) rematerialised, one optimizer step per call, the
-  official VDM optimizer settings (base.py's AdamW, lr 2e-4, clipping at 1, EMA 0.9999, with 100
-  warm-up steps) and evaluation batches of the training batch's size."""
-  c = base.get_config()
-  c.data.name = dataset
-  c.model.network = "vdm_unet"
-  c.model.image_shape = image_shape
-  c.model.vdm_unet.update(remat=True, **network)
-  c.training.update(batch_size=batch_size, steps_per_call=1)
-  c.optimizer.warmup_steps = 100
-  c.eval.batch_size = batch_size
-  return c
-
-
-def small_config():
-  """The reference small model (the official code's small VDM network, 1.32M parameters).
-  remat=True: 2.8 instead of 4.3 GiB peak and no slower on CPU (benchmarks/README.md)."""
-  return _vdm_unet_config("fashion_mnist", (28, 28, 1), 64, n_embd=64, n_layer=4)
-
-
-def paper_config():
-  """The paper's CIFAR-10 network (30.6M parameters), batch 8. remat=True: 2.4 instead of
-  6.2 GiB peak and no slower on CPU (benchmarks/README.md)."""
-  return _vdm_unet_config("cifar10", (32, 32, 3), 8)
-
-
-def quickstart_config():
-  return quickstart.get_config()
-
-
-CONFIGS = {"quickstart": quickstart_config, "small": small_config, "paper": paper_config}
-# Default sampling chain length and timed repeats per config (the paper model costs seconds per
-# reverse step for 16 images on a CPU).
-SAMPLE_T = {"quickstart": 20, "small": 20, "paper": 4}
-SAMPLE_REPEATS = {"quickstart": 3, "small": 3, "paper": 1}
-
-
-def _parse_bool(s: str) -> bool:
-  if s.lower() in ("1", "true", "yes", "on"):
-    return True
-  if s.lower() in ("0", "false", "no", "off"):
-    return False
-  raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
-
-
-def _positive_int(s: str) -> int:
-  if not s.isdigit() or int(s) < 1:
-    raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {s!r}")
-  return int(s)
-
-
-def _apply_override(cfg, item: str) -> None:
-  """'model.vdm_unet.n_layer=8' -> cfg.model.vdm_unet.n_layer = 8 (value parsed as a literal)."""
-  key, _, raw = item.partition("=")
-  try:
-    value = ast.literal_eval(raw)
-  except (ValueError, SyntaxError):
-    value = raw
-  path = key.split(".")
-  node = cfg
-  for depth, name in enumerate(path):
-    if not hasattr(node, "keys") or name not in node:
-      where = ".".join(path[:depth]) or "the config"
-      keys = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none, not a dict"
-      raise SystemExit(f"--set {item}: {where} has no key {name!r} (its keys: {keys})")
-    if depth < len(path) - 1:
-      node = node[name]
-  try:
-    node[path[-1]] = value
-  except TypeError as e:  # ConfigDict keeps each field's type
-    raise SystemExit(f"--set {item}: {e}") from None
-
-
-def build_config(args) -> config_lib.RunSpec:
-  """The named config (or `<workdir>/config.json`) with the flags' overrides, resolved for one
-  device; an invalid result exits with `config.resolve`'s message."""
-  if getattr(args, "workdir", None) and (Path(args.workdir) / workdir_lib.CONFIG_FILE).is_file():
-    # A trained run: its own resolved config, so that the checkpoint matches the model.
-    cfg = workdir_lib.read_config(args.workdir)
-  else:
-    cfg = CONFIGS[args.config]()
-  net = cfg.model.network
-  if args.batch_size:
-    cfg.training.batch_size = args.batch_size
-  if args.dtype:
-    cfg.model.dtype = args.dtype
-  if args.remat is not None:
-    cfg.model[net]["remat"] = args.remat
-  if args.scan is not None:
-    if net != "vdm_unet":
-      raise SystemExit("--scan applies to the vdm_unet network only")
-    cfg.model[net]["scan"] = args.scan
-  for item in args.set or ():
-    _apply_override(cfg, item)
-  try:
-    return config_lib.resolve(cfg, num_devices=1, num_processes=1)
-  except (TypeError, ValueError) as e:
-    raise SystemExit(f"invalid config: {e}") from None
-
-
-# ============================================================================ helpers
-
-
-class CompileTimer:
-  """Sums JAX's own trace / lowering / XLA-compile durations (jax.monitoring events)."""
-  EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
-            "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
-            "/jax/core/compile/backend_compile_duration": "xla_compile_s"}
-
-  def __init__(self):
-    self.totals = {v: 0.0 for v in self.EVENTS.values()}
-    jax.monitoring.register_event_duration_secs_listener(self._listen)
-
-  def _listen(self, event, duration, **kwargs):
-    name = self.EVENTS.get(event)
-    if name is not None:
-      self.totals[name] += duration
-
-  def reset(self):
-    for k in self.totals:
-      self.totals[k] = 0.0
-
-  def snapshot(self) -> dict:
-    out = {k: round(v, 3) for k, v in self.totals.items()}
-    out["compile_s"] = round(sum(self.totals.values()), 3)
-    return out
-
-
-class CpuWatch:
-  """Cores' worth of CPU used by OTHER processes while the benchmark ran (Linux /proc/stat):
-  (busy CPU seconds of the machine - this process's CPU seconds) / wall seconds. Near 0 on a
-  quiet machine; a shared machine makes every timing here slower."""
-
-  def __init__(self):
-    self.start = self._read()
-
-  @staticmethod
-  def _read():
-    try:
-      with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-      return None
-    tick = os.sysconf("SC_CLK_TCK")
-    busy = (sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)) / tick
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return busy, ru.ru_utime + ru.ru_stime, time.perf_counter()
-
-  def other_load(self):
-    end = self._read()
-    if self.start is None or end is None or end[2] <= self.start[2]:
-      return None
-    other = (end[0] - self.start[0]) - (end[1] - self.start[1])
-    return round(max(0.0, other) / (end[2] - self.start[2]), 2)
-
-
-def peak_rss_mib() -> float:
-  ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  # Linux reports KiB, macOS bytes.
-  return round(ru / (1024.0 * 1024.0) if sys.platform == "darwin" else ru / 1024.0, 1)
-
-
-def device_info() -> dict:
-  d = jax.devices()[0]
-  info = {"device": f"{d.platform}:{d.device_kind}", "platform": d.platform,
-          "device_kind": d.device_kind, "num_devices_visible": jax.device_count(),
-          "jax": jax.__version__, "cpu_count": os.cpu_count(), "host": platform.node()}
-  if os.environ.get("XLA_FLAGS"):
-    info["xla_flags"] = os.environ["XLA_FLAGS"]
-  return info
-
-
-def random_images(rng, batch, shape, vocab_size):
-  return rng.integers(0, vocab_size, (batch, *shape), dtype=np.int64).astype(
-      np.uint8 if vocab_size <= 256 else np.int32)
-
-
-def timed(fn, n):
-  """Runs fn() n times (each waits for its outputs); returns the list of seconds."""
-  times = []
-  for _ in range(n):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return times
-
-
-def summary(times):
-  return {"median": statistics.median(times), "min": min(times), "max": max(times),
-          "n": len(times)}
-
-
-def r(x, nd=4):
-  return float(f"{x:.{nd}g}")
+from bench_configs import (  # noqa: E402,F401  (benchmarks/bench_configs.py)
+    CONFIGS, SAMPLE_REPEATS, SAMPLE_T, _parse_bool, _positive_int, build_config)
+from bench_timing import (  # noqa: E402,F401  (benchmarks/bench_timing.py)
+    CompileTimer, CpuWatch, device_info, model_flops, peak_rss_mib, r, random_images, summary,
+    timed)
 
 
 def init_params(model, spec, args, mesh):
@@ -280,18 +76,6 @@ def init_params(model, spec, args, mesh):
   key = jax.random.PRNGKey(spec.training.seed)
   params = jax.jit(lambda k: model_lib.init_variables(model, k)["params"])(key)
   return params, {}
-
-
-def model_flops(model, spec, images_per_s: float, kind: str) -> dict:
-  """The network's analytic FLOPs per image (`flops.network_flops_per_image`: "train" = forward
-  + backward, "forward" for one network evaluation), the model TFLOP/s they make at
-  `images_per_s` (for sampling: network evaluations per second), and the MFU against the
-  device's dense peak for the compute dtype (null for devices without a tabulated peak)."""
-  per_image = flops.network_flops_per_image(model)
-  achieved = per_image[kind] * images_per_s
-  util = flops.mfu(achieved, jax.devices()[0].device_kind, spec.model.dtype)
-  return {"model_gflops_per_image": {k: r(v / 1e9, 6) for k, v in per_image.items()},
-          "model_tflops_per_s": r(achieved / 1e12), "mfu": None if util is None else r(util)}
 
 
 # ============================================================================ benchmarks
