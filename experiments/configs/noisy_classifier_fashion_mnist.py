@@ -9,8 +9,8 @@
 (`--config=<workdir>/config.json` starts from the diffusion run's own config; --mode=sample
 with config.sampling.classifier_workdir / classifier_scale writes grids one class per column.)
 
-Hardware: 2 CPU cores. The down-sampling half of a U-Net (32 base channels, 28 -> 14 -> 7, one
-ResnetBlock per level conditioned on gamma_t) and a pooled head (0.2M parameters), trained
+Hardware: 2 CPU cores. The down-sampling half of a U-Net (16 base channels, 28 -> 14 -> 7, one
+ResnetBlock per level conditioned on gamma_t) and a pooled head (81k parameters), trained
 through the same loop as the diffusion models (checkpoints, resume, logs, several devices) on
 the cross-entropy at z_t ~ q(z_t | x), t drawn as the VDM loss draws it; its eval logs the
 test accuracy in 10 bins of t.
@@ -31,7 +31,7 @@ def get_config():
   c.model.update(network="noisy_classifier", num_classes=10, schedule="fixed_linear",
                  gamma_min=-12.839, gamma_max=5.406)
   c.model.noisy_classifier.update(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, dropout=0.0)
-  c.training.update(batch_size=64, num_steps=1000, steps_per_call=1, log_every=100,
-                    eval_every=0, checkpoint_every=500, sample_every=0, keep_checkpoints=2)
-  c.optimizer.update(lr=2e-3, warmup_steps=100, decay="cosine", ema_rate=0.999)
+  c.training.update(batch_size=64, num_steps=4000, steps_per_call=1, log_every=200,
+                    eval_every=0, checkpoint_every=1000, sample_every=0, keep_checkpoints=2)
+  c.optimizer.update(lr=2e-3, warmup_steps=200, decay="cosine", ema_rate=0.999)
   return c
