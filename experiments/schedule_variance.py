@@ -20,6 +20,7 @@ from absl import app, flags
 from experiments.configs import quickstart
 from vdm_jax import config as config_lib
 from vdm_jax import data, likelihood, losses, training
+from vdm_jax import model as model_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for the two runs.")
@@ -36,14 +37,12 @@ VARIANTS = {
 
 def estimator_spread(model, params, images, key, num_draws):
   """Mean over images of the std (nats) of the diffusion-loss estimate, and its standard error."""
-  variables = {"params": params}
+  eps_fn, gamma_fn = model_lib.pure_fns(model, {"params": params})
 
   @jax.jit
   def spread(x_int, k):
-    return losses.diffusion_loss_std(
-        lambda z, g: model.apply(variables, z, g, method=model.eps),
-        lambda t: model.apply(variables, t, method=model.gamma),
-        x_int, k, num_draws=num_draws, data=model.data)
+    return losses.diffusion_loss_std(eps_fn, gamma_fn, x_int, k, num_draws=num_draws,
+                                     data=model.data)
 
   stds = np.concatenate([np.asarray(spread(images[i:i + 64], jax.random.fold_in(key, i)))
                          for i in range(0, len(images), 64)])

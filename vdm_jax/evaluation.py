@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax import diffusion, likelihood, losses, ode, schedules
+from vdm_jax import model as model_lib
 
 Array = jax.Array
 
@@ -64,15 +65,9 @@ def _labels_for(model, labels):
 
 
 def _model_fns(model, variables: Any, labels: Array | None):
-  """The model's eps_hat(z, gamma) (for these labels, deterministic) and gamma(t), as the pure
-  functions the library's losses and ODE take."""
-  def eps_fn(z, g):
-    return model.apply(variables, z, g, labels, method=model.eps)
-
-  def gamma_fn(t):
-    return model.apply(variables, t, method=model.gamma)
-
-  return eps_fn, gamma_fn
+  """The model's eps_hat(z, gamma) for these labels, and gamma(t) (`model.pure_fns`)."""
+  eps_fn, gamma_fn = model_lib.pure_fns(model, variables)
+  return functools.partial(eps_fn, labels=labels), gamma_fn
 
 
 def per_example_loss(model, variables: Any, images: Array, labels: Array | None, key: Array, *,

@@ -158,9 +158,23 @@ def weighted_diffusion(terms: DiffusionTerms, weighting: str = "elbo",
   raise ValueError(f"Unknown weighting {weighting!r}; choose one of {WEIGHTINGS}.")
 
 
-def _check_T(T) -> None:
+def check_T(T) -> None:
+  """Raises ValueError unless T is an int >= 0 (0: continuous time; else T discrete steps)."""
   if not isinstance(T, int) or isinstance(T, bool) or T < 0:
     raise ValueError(f"T must be an int >= 0 (0 = continuous time), got {T!r}.")
+
+
+def check_objective(weighting: str, schedule_objective: str = "elbo") -> None:
+  """Raises ValueError for an unknown weighting or schedule objective, or the variance objective
+  with a weighting other than the bound's."""
+  if weighting not in WEIGHTINGS:
+    raise ValueError(f"Unknown weighting {weighting!r}; choose one of {WEIGHTINGS}.")
+  if schedule_objective not in SCHEDULE_OBJECTIVES:
+    raise ValueError(f"Unknown schedule_objective {schedule_objective!r}; choose one of "
+                     f"{SCHEDULE_OBJECTIVES}.")
+  if schedule_objective == "variance" and weighting != "elbo":
+    raise ValueError("schedule_objective='variance' minimises the variance of the bound's "
+                     "estimator and needs weighting='elbo'.")
 
 
 def training_loss(eps_fn: EpsFn, gamma_fn: GammaFn, x: Array, key: Array, *,
@@ -176,17 +190,10 @@ def training_loss(eps_fn: EpsFn, gamma_fn: GammaFn, x: Array, key: Array, *,
   a constant), while recon and prior still give the endpoints the bound's gradient; every other
   parameter's gradient is unchanged. Arguments as `vdm_loss`.
   """
-  if weighting not in WEIGHTINGS:
-    raise ValueError(f"Unknown weighting {weighting!r}; choose one of {WEIGHTINGS}.")
-  if schedule_objective not in SCHEDULE_OBJECTIVES:
-    raise ValueError(f"Unknown schedule_objective {schedule_objective!r}; choose one of "
-                     f"{SCHEDULE_OBJECTIVES}.")
-  if schedule_objective == "variance" and weighting != "elbo":
-    raise ValueError("schedule_objective='variance' minimises the variance of the bound's "
-                     "estimator and needs weighting='elbo'.")
+  check_objective(weighting, schedule_objective)
   data = likelihood.resolve(data, vocab_size)
   data.check(x)
-  _check_T(T)
+  check_T(T)
   batch_size = x.shape[0]
   x_enc = data.encode(x)
   key_t, key_eps, key_0 = jax.random.split(key, 3)

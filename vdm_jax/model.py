@@ -99,7 +99,7 @@ class VDM(nn.Module):
     gamma_t = jnp.broadcast_to(jnp.asarray(gamma_t, jnp.float32), (z.shape[0],))
     cond = (gamma_t - self.gamma_min) / (self.gamma_max - self.gamma_min)
     if self.num_classes and labels is None:
-      labels = jnp.full((z.shape[0],), self.num_classes, jnp.int32)
+      labels = nets.null_labels(z.shape[0], self.num_classes)
     return self.network(z, cond, labels, train=train)
 
   def __call__(self, images: Array, labels: Array | None = None, *,
@@ -151,22 +151,27 @@ def validate(model: VDM) -> None:
   if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
     raise ValueError(f"image_shape must be a tuple of positive ints (the shape of one example, "
                      f"e.g. (H, W, C) or (D,)), got {shape}.")
-  if not isinstance(model.T, int) or model.T < 0:
-    raise ValueError(f"T must be an int >= 0 (0 = continuous time), got {model.T!r}.")
+  losses.check_T(model.T)
   if not 0.0 <= model.label_dropout < 1.0:
     raise ValueError(f"label_dropout must be in [0, 1), got {model.label_dropout}.")
-  if model.weighting not in losses.WEIGHTINGS:
-    raise ValueError(f"Unknown weighting {model.weighting!r}; choose one of {losses.WEIGHTINGS}.")
-  if model.schedule_objective not in losses.SCHEDULE_OBJECTIVES:
-    raise ValueError(f"Unknown schedule_objective {model.schedule_objective!r}; choose one of "
-                     f"{losses.SCHEDULE_OBJECTIVES}.")
-  if model.schedule_objective == "variance" and model.weighting != "elbo":
-    raise ValueError("schedule_objective='variance' needs weighting='elbo' (it minimises the "
-                     "variance of the bound's estimator).")
+  losses.check_objective(model.weighting, model.schedule_objective)
   net_classes = getattr(model.network, "num_classes", model.num_classes)
   if net_classes != model.num_classes:
     raise ValueError(f"the model has num_classes={model.num_classes} but its network has "
                      f"num_classes={net_classes}; set both from config.model.num_classes.")
+
+
+def pure_fns(model, variables: Any) -> tuple[Any, Any]:
+  """(eps_fn(z, gamma_t, labels=None), gamma_fn(t)): a model's eps_hat and gamma(t) with its
+  variables bound, deterministic, as the pure functions the losses, samplers and ODE take. Any
+  module with `eps` and `gamma` methods (a `VDM`, a classifier-guided one) works."""
+  def eps_fn(z, gamma_t, labels=None):
+    return model.apply(variables, z, gamma_t, labels, method=model.eps)
+
+  def gamma_fn(t):
+    return model.apply(variables, t, method=model.gamma)
+
+  return eps_fn, gamma_fn
 
 
 def init_variables(model: VDM, key: Array, batch_size: int = 1) -> Any:

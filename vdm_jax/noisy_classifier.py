@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import diffusion, likelihood, losses, schedules
+from vdm_jax import diffusion, likelihood, losses, nets, schedules
 from vdm_jax.sampling import wrappers
 
 Array = jax.Array
@@ -182,7 +182,7 @@ class ClassifierGuided(nn.Module):
   def eps(self, z: Array, gamma_t: Array, labels: Array | None = None, *,
           train: bool = False) -> Array:
     null = self.num_classes
-    labels = (jnp.full((z.shape[0],), null, jnp.int32) if labels is None
+    labels = (nets.null_labels(z.shape[0], null) if labels is None
               else jnp.asarray(labels, jnp.int32))
     guided = labels != null
 

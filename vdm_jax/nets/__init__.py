@@ -10,7 +10,8 @@ z float [B, H, W, C] (`MLPScoreNet`: any [B, ...]); cond float [B], the log-SNR 
 guidance) and `Classifier` (the feature network of clean images) are classifiers.
 """
 from vdm_jax.nets.layers import (AttnBlock, ConditioningEmbedding, GroupNorm, ResnetBlock,
-                                 fourier_features, group_norm, num_groups, timestep_embedding)
+                                 fourier_features, group_norm, null_labels, num_groups,
+                                 timestep_embedding)
 from vdm_jax.nets.classifier import Classifier
 from vdm_jax.nets.mlp import MLPScoreNet
 from vdm_jax.nets.noisy_classifier import NoisyClassifier
@@ -21,5 +22,5 @@ __all__ = [
     "VDMScoreNet", "UNet", "MLPScoreNet", "Classifier", "NoisyClassifier",
     "unscanned_to_scanned", "ResnetBlock", "AttnBlock",
     "ConditioningEmbedding", "GroupNorm", "timestep_embedding", "fourier_features", "num_groups",
-    "group_norm",
+    "group_norm", "null_labels",
 ]

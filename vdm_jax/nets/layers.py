@@ -26,6 +26,13 @@ Dtype = Any
 zeros_init = nn.initializers.zeros
 
 
+def null_labels(batch: int, num_classes: int) -> jax.Array:
+  """The null label ("no class") for `batch` examples: int32 [batch] filled with num_classes,
+  the last row of `ConditioningEmbedding`'s label table (unconditional rows of a
+  class-conditional model: label dropout, classifier-free guidance, labels=None)."""
+  return jnp.full((batch,), num_classes, jnp.int32)
+
+
 def timestep_embedding(t: jax.Array, dim: int, *, scale: float = 1000.0,
                        max_period: float = 10000.0) -> jax.Array:
   """Sinusoidal embedding of a batch of scalars, as in tensor2tensor / the VDM code.
@@ -196,7 +203,7 @@ class ConditioningEmbedding(nn.Module):
     c = nn.swish(dense(4 * self.n_embd, "dense1", self.dtype)(c))
     if self.num_classes > 0:
       if label is None:
-        label = jnp.full((cond.shape[0],), self.num_classes, jnp.int32)
+        label = null_labels(cond.shape[0], self.num_classes)
       label = jnp.asarray(label)
       if label.shape != cond.shape:
         raise ValueError(f"label must have shape {cond.shape} (one per example), got {label.shape}")

@@ -9,12 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import likelihood, ode
+from vdm_jax import likelihood, nets, ode
+from vdm_jax import model as model_lib
 from vdm_jax.sampling import spacing as spacing_lib
 from vdm_jax.sampling.args import ChainArgs, check_chain_args, is_chain, make_solver
 from vdm_jax.sampling.protocol import Array, EpsFn, GammaFn, run_chain
-from vdm_jax.sampling.wrappers import (guided_eps_fn, trajectory_of, with_inpainting,
-                                       with_trajectory)
+from vdm_jax.sampling.wrappers import (check_guidance_weight, guided_eps_fn, trajectory_of,
+                                       with_inpainting, with_trajectory)
 
 
 class SampleInfo(NamedTuple):
@@ -188,7 +189,7 @@ def _check_model_fns(eps_fn: EpsFn, gamma_1: Array, shape: tuple[int, ...]) -> N
 
 
 def _model_gamma_fn(model, variables):
-  return lambda t: model.apply(variables, t, method=model.gamma)
+  return model_lib.pure_fns(model, variables)[1]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "T", "spacing"))
@@ -199,15 +200,13 @@ def _model_times(variables, *, model, T, spacing):
 @functools.partial(jax.jit, static_argnames=("model", "args", "guided", "return_info"))
 def _sample_model_jit(variables, key, labels, guidance_weight, known, known_mask, z_1, times, *,
                       model, args, guided, return_info):
-  def eps_labels(z, g, lab):
-    return model.apply(variables, z, g, lab, method=model.eps)
-
+  eps_labels, gamma_fn = model_lib.pure_fns(model, variables)
   if guided:
     eps_fn = guided_eps_fn(eps_labels, labels, model.num_classes, guidance_weight)
   else:
-    eps_fn = functools.partial(eps_labels, lab=labels)
+    eps_fn = functools.partial(eps_labels, labels=labels)
   args = args._replace(known=known, known_mask=known_mask, z_1=z_1)
-  return _draw(eps_fn, _model_gamma_fn(model, variables), key, args, times, return_info)
+  return _draw(eps_fn, gamma_fn, key, args, times, return_info)
 
 
 def sample_model(model, variables: Any, key: Array, num_samples: int, *, T: int | None = None,
@@ -273,7 +272,7 @@ def sample_model(model, variables: Any, key: Array, num_samples: int, *, T: int 
       likelihood.check_range(labels, num_classes + 1)
     labels = labels.astype(jnp.int32)
   elif num_classes:
-    labels = jnp.full((num_samples,), num_classes, jnp.int32)
+    labels = nets.null_labels(num_samples, num_classes)
 
   guided = not (isinstance(guidance_weight, numbers.Real) and guidance_weight == 0)
   if guided:
@@ -282,8 +281,7 @@ def sample_model(model, variables: Any, key: Array, num_samples: int, *, T: int 
                        "(num_classes > 0).")
     if not labels_given:
       raise ValueError("classifier-free guidance needs labels (the classes to guide towards).")
-    if isinstance(guidance_weight, numbers.Real) and not guidance_weight > 0:
-      raise ValueError(f"guidance_weight must be >= 0, got {guidance_weight}.")
+    check_guidance_weight(guidance_weight)
     guidance_weight = jnp.asarray(guidance_weight, jnp.float32)
   else:
     guidance_weight = None

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import diffusion
+from vdm_jax import diffusion, nets
 from vdm_jax.sampling.protocol import Array, EpsFn, Solver
 
 LabelEpsFn = Callable[[Array, Array, Array], Array]  # (z, gamma_t [B], labels [B]) -> eps_hat
@@ -112,6 +112,13 @@ def trajectory_of(state, steps: Sequence[int], times: Array) -> Trajectory:
   return Trajectory(t=t_rec, z=z_buf[:n_rec], x_hat=x_buf[:n_rec])
 
 
+def check_guidance_weight(weight) -> None:
+  """Raises ValueError for a Python-number guidance weight that is not >= 0 (a traced one
+  cannot be checked)."""
+  if isinstance(weight, numbers.Real) and not isinstance(weight, bool) and not weight >= 0.0:
+    raise ValueError(f"guidance_weight must be >= 0, got {weight}.")
+
+
 def guided_eps_fn(eps_fn_labels: LabelEpsFn, labels: Array, null_label: int,
                   weight: float | Array) -> EpsFn:
   """Classifier-free guidance: eps_w(z, g) = (1 + w) eps(z, g, labels) - w eps(z, g, null).
@@ -129,9 +136,8 @@ def guided_eps_fn(eps_fn_labels: LabelEpsFn, labels: Array, null_label: int,
   at w = 0 the arithmetic is then exact too (eps_c + 0 * finite), up to the network's own
   dependence on the batch size of the call.
   """
+  check_guidance_weight(weight)
   if isinstance(weight, numbers.Real) and not isinstance(weight, bool):
-    if not weight >= 0.0:
-      raise ValueError(f"guidance weight must be >= 0, got {weight}.")
     if weight == 0:
       return lambda z, gamma_t: eps_fn_labels(z, gamma_t, labels)
 
@@ -140,7 +146,7 @@ def guided_eps_fn(eps_fn_labels: LabelEpsFn, labels: Array, null_label: int,
     gamma_t = jnp.broadcast_to(jnp.asarray(gamma_t, jnp.float32), (batch,))
     lab = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (batch,))
     both = eps_fn_labels(jnp.concatenate([z, z]), jnp.concatenate([gamma_t, gamma_t]),
-                         jnp.concatenate([lab, jnp.full((batch,), null_label, jnp.int32)]))
+                         jnp.concatenate([lab, nets.null_labels(batch, null_label)]))
     eps_c, eps_u = both[:batch], both[batch:]
     w = jnp.asarray(weight, eps_c.dtype)
     return eps_c + w * (eps_c - eps_u)
