@@ -96,8 +96,10 @@ def test_scanned_backward_convolutions_are_canonical():
 
 @pytest.mark.parametrize("net_cls, kw", [
     (VDMScoreNet, dict(n_embd=8, n_layer=2, dropout=0.0)),
-    (UNet, dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
-                with_fourier_features=True))])
+    # The U-Net's case compiles four times as much (~40 s): in the heavy tier.
+    pytest.param(UNet, dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                            dropout=0.0, with_fourier_features=True),
+                 marks=pytest.mark.heavy)])
 def test_networks_same_with_and_without(net_cls, kw):
   rng = np.random.default_rng(3)
   z = jnp.asarray(rng.standard_normal((2, 8, 8, 1)), jnp.float32)

@@ -102,6 +102,7 @@ def test_one_device_equals_eight_devices(setup, eight_devices_one_step_per_call)
   assert moved > 1e-4
 
 
+@pytest.mark.heavy   # three compiled multi-step programs: ~70 s on 2 CPU cores
 def test_steps_per_call_scan_and_unrolled_match_single_steps(setup,
                                                             eight_devices_one_step_per_call):
   config, model, batches = setup

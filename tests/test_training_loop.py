@@ -45,6 +45,7 @@ def _record_data(monkeypatch):
   return loads, seen
 
 
+@pytest.mark.heavy   # three whole runs (train, eval, samples): ~2 minutes on 2 CPU cores
 def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
   loads, seen = _record_data(monkeypatch)
   # Class-conditional with label dropout, so the label path is exercised too.

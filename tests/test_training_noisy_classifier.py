@@ -1,5 +1,7 @@
 """A noisy classifier trained by the training system (its objective, eval by t-bin, resume), its
 config checks, and classifier guidance of a diffusion run from the config (`guidance.guide`)."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -122,17 +124,20 @@ def test_the_guided_model_subtracts_scale_sigma_grad_log_p_and_leaves_null_rows_
   gamma = jnp.array([-8.0, -2.0, 1.0, 4.0])
   labels = jnp.array([0, 3, 10, 7])   # 10: the null label, unguided
   variables = {"params": {"diffusion": d_params, "classifier": c_params}}
-  base = diffusion.apply({"params": d_params}, z, gamma, method=diffusion.eps)
+  base = jax.jit(functools.partial(diffusion.apply, method=diffusion.eps))(
+      {"params": d_params}, z, gamma)
 
   def log_p(x):
     return jnp.sum(classifier.apply({"params": c_params}, x, gamma, jnp.array([0, 3, 0, 7]),
                                     method=classifier.log_prob) * jnp.array([1., 1., 0., 1.]))
 
   sigma = jnp.sqrt(jax.nn.sigmoid(gamma))[:, None, None, None]
+  grad = jax.jit(jax.grad(log_p))(z)
   for scale in (0.0, 2.5):
     guided = nc.ClassifierGuided(diffusion=diffusion, classifier=classifier, scale=scale)
-    out = guided.apply(variables, z, gamma, labels, method=guided.eps)
-    np.testing.assert_allclose(out, base - scale * sigma * jax.grad(log_p)(z), atol=2e-5)
+    out = jax.jit(functools.partial(guided.apply, method=guided.eps))(variables, z, gamma,
+                                                                        labels)
+    np.testing.assert_allclose(out, base - scale * sigma * grad, atol=2e-5)
     np.testing.assert_array_equal(out[2], base[2])
 
 
