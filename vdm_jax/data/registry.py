@@ -373,7 +373,10 @@ def get_spec(name: str) -> DatasetSpec:
     from vdm_jax.data import arrays   # it builds specs of this module
     arrays.register_npz(name)
   if name not in _SPECS:
-    raise ValueError(f"Unknown dataset {name!r}; valid names: {', '.join(dataset_names())}.")
+    # .npz files registered by path earlier in the process are not names to offer.
+    names = [n for n in dataset_names() if not n.endswith(".npz")]
+    raise ValueError(f"Unknown dataset {name!r}; valid names: {', '.join(names)} (or the path "
+                     f"of an existing .npz file).")
   return _SPECS[name]
 
 
