@@ -21,7 +21,9 @@ after its 1000 steps is the fixed linear one between gamma(0) = -12.839 and gamm
 from any run). Guiding a model trained with another schedule, set these two to its endpoints
 (sampling warns when they differ).
 
-Result: see the README's classifier-guidance section (measured with this exact config).
+Result (this exact config, one core of a 2-core CPU, 4000 steps in 13 minutes): test accuracy
+0.878 at t = 0, 0.876 at t = 0.5, 0.411 at t = 0.9 (benchmarks/guidance_quality.py, every test
+image); guided sampling of the quickstart model: the README's classifier-guidance section.
 """
 from experiments.configs import base
 
