@@ -1,5 +1,6 @@
 """The loop: periodic actions, exact resume, the NaN guard, data read once."""
 import hashlib
+import signal
 
 import jax
 import numpy as np
@@ -112,6 +113,35 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state.params))
   records = logging_utils.read_metrics(tmp_path)
   assert [r["step"] for r in records if "train/bpd" in r] == [1]
+
+
+def test_sigterm_at_a_logging_step_logs_it_and_saves_it(tmp_path, monkeypatch):
+  # A real SIGTERM, sent by the step that makes step 4 (a logging step, not a checkpoint step).
+  compiled = loop_lib.step_lib.compiled_train_step
+
+  def signalling_train_step(*args, **kwargs):
+    step_fn = compiled(*args, **kwargs)
+
+    def run(state, batch):
+      if int(state.step) == 3:
+        # Only the loop's handler may receive it (the default one would end the test process).
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+        signal.raise_signal(signal.SIGTERM)
+      return step_fn(state, batch)
+    return run
+
+  monkeypatch.setattr(loop_lib.step_lib, "compiled_train_step", signalling_train_step)
+  spec = config_lib.resolve(tiny_config(**{"training.num_steps": 8, "training.log_every": 2,
+                                           "training.checkpoint_every": 3}))
+  result = training.train_and_evaluate(spec, tmp_path)
+  assert result["preempted"] and result["step"] == 4
+  records = logging_utils.read_metrics(tmp_path)
+  # The resumed run starts after step 4, so step 4 is logged now or never.
+  assert [r["step"] for r in records if "train/bpd" in r] == [2, 4]
+  assert [r["step"] for r in records if r.get("event") == "preempted"] == [4]
+  ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
+  assert ckpt.all_steps() == [3, 4]
+  ckpt.close()
 
 
 def test_missing_data_fails_before_anything_is_written(tmp_path):

@@ -160,7 +160,9 @@ def train_and_evaluate(spec: RunSpec, workdir: str | Path, *,
   writes sample grids every sample_every steps, and does each at the last step; with
   spec.sample_eval.every_steps > 0, also the sample quality of the EMA parameters
   (`sample_eval.SampleEvaluator`: FD, KID, precision/recall) then and at the last step.
-  SIGTERM (a pre-emption) saves a checkpoint at the next step boundary and returns.
+  SIGTERM (a pre-emption) logs the step reached if it is a logging step, saves its
+  checkpoint at the next step boundary and returns (an evaluation or samples due at that step
+  are skipped).
 
   Before anything is compiled: both data splits are read and checked against the model (and
   the feature network of sample evaluation against the model's samples), the
@@ -294,7 +296,10 @@ def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, m
       if due or stop:
         values, steps = pending.collect()
         _check_finite(values, steps, ckpt, spec)
-        for action in (due if not stop else [save]):
+        # A pre-emption keeps the grace period short: it logs the step if that is due (the
+        # resumed run starts after it, so it would never be logged) and saves; an evaluation
+        # or samples due at this step are skipped.
+        for action in (due if not stop else [a for a in due if a is log] + [save]):
           action(step, values)
         writer.flush()
         throughput.mark(step)
