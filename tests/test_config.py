@@ -70,7 +70,7 @@ def test_paper_config_is_the_papers_model():
      r"config.optimizer.decay must be one of 'none', 'linear', 'cosine'; got 'exponential'"),
     ({"model.weighting": "bogus"}, ValueError, r"config.model: Unknown weighting 'bogus'"),
     ({"model.network": "resnet"}, ValueError,
-     r"config.model.network must be one of 'vdm_unet', 'unet', 'mlp', 'noisy_classifier'; got 'resnet'"),
+     r"config.model.network must be one of 'vdm_unet', 'unet', 'mlp', 'noisy_classifier', 'autoencoder'; got 'resnet'"),
     ({"model.dtype": "float64"}, ValueError, r"config.model.dtype must be one of"),
     ({"data.name": "imagenet"}, ValueError, r"Unknown dataset 'imagenet'; valid names: "),
     ({"training.label_dropout": 0.1}, ValueError,

@@ -29,7 +29,10 @@ def get_config() -> ml_collections.ConfigDict:
       unet=dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
                 dropout=0.1, with_fourier_features=False, fourier_freqs=(6, 7),
                 input_skip=False, remat=False, cond_scalar_input=False, attn_key_bias=False,
-                norm_groups=0, fast_conv_grad=False),
+                norm_groups=0, fast_conv_grad=False,
+                # Labels by embedding, or by cross-attention to their tokens (nets.UNet).
+                label_conditioning="embedding", context_dim=64, context_tokens=1,
+                cross_attn_heads=1, cross_attn_resolutions=()),
       # nets.VDMScoreNet attributes: the paper's CIFAR-10 network.
       vdm_unet=dict(n_embd=128, n_layer=32, with_fourier_features=True, fourier_freqs=(6, 7),
                     with_attention=False, dropout=0.1, input_skip=True, remat=False,
@@ -42,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
       # nets.NoisyClassifier attributes: network="noisy_classifier" trains p(y | z_t) on the
       # schedule below (fixed: the diffusion model's trained one) for classifier guidance.
       noisy_classifier=dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, dropout=0.0),
+      # nets.KLAutoencoder attributes: network="autoencoder" trains stage 1 of latent
+      # diffusion, -log p(x | z) + kl_weight KL(q(z | x) || N(0, I)); downsampling 2 ** (levels - 1).
+      autoencoder=dict(latent_channels=4, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                       kl_weight=1.0),
       image_shape=(28, 28, 1),      # one example's shape, (H, W, C) for images: as the dataset's
       data=ModelSpec.data,          # data model: discrete (integers) | continuous (floats)
       vocab_size=256,               # discrete: values per dimension (8-bit data)
@@ -57,6 +64,10 @@ def get_config() -> ml_collections.ConfigDict:
       weighting="elbo",             # training weighting: elbo | simple | sigmoid (bpd: always elbo)
       sigmoid_bias=2.0,             # b of the sigmoid weighting, w = sigmoid(b - log-SNR)
       schedule_objective="elbo",    # elbo | variance (schedule interior minimises the variance)
+      # Latent diffusion, stage 2: the workdir of a stage-1 run (network="autoencoder") whose
+      # latents this VDM models, and its checkpoint step (None: the latest).
+      autoencoder_workdir=placeholder(str),
+      autoencoder_step=placeholder(int),
   )
   c.training = dict(
       seed=0,                       # parameters, data order, time/noise draws, eval/sample keys

@@ -17,6 +17,7 @@ config again (what a run writes to config.json), and `from_json` reads that back
 The specs are in `config.specs`, the reading and the checks in `config.reading`.
 """
 from vdm_jax.config.specs import (  # noqa: F401
-    CLASSIFIER_NETWORK, DECAYS, DTYPES, NETWORK_CLASSES, WEIGHT_DECAY_MASKS, DataSpec, EvalSpec,
+    AUTOENCODER_NETWORK, CLASSIFIER_NETWORK, DECAYS, DTYPES, NETWORK_CLASSES, NOT_DIFFUSION,
+    WEIGHT_DECAY_MASKS, DataSpec, EvalSpec,
     LoopSpec, ModelSpec, OptimizerSpec, RunSpec, SampleEvalSpec, SamplingSpec)
 from vdm_jax.config.reading import from_json, resolve  # noqa: F401

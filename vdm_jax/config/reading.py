@@ -14,15 +14,16 @@ import numpy as np
 
 from vdm_jax import data, evaluation, likelihood, ode, parallel, sampling
 from vdm_jax.config.specs import (
-    CLASSIFIER_NETWORK, DECAYS, DTYPES, NETWORK_CLASSES, WEIGHT_DECAY_MASKS, DataSpec, EvalSpec,
-    LoopSpec, ModelSpec, OptimizerSpec, RunSpec, SampleEvalSpec, SamplingSpec)
+    AUTOENCODER_NETWORK, autoencoder_spec, CLASSIFIER_NETWORK, DECAYS, DTYPES, NETWORK_CLASSES, NOT_DIFFUSION,
+    WEIGHT_DECAY_MASKS, DataSpec, EvalSpec, LoopSpec, ModelSpec, OptimizerSpec, RunSpec,
+    SampleEvalSpec, SamplingSpec)
 from vdm_jax.metrics import features as feature_networks
 
 # Network attributes that come from the model group, not from the network's own sub-group.
 _NETWORK_ATTRS_FROM_MODEL = ("num_classes", "dtype", "parent", "name", "gamma_low",
-                             "gamma_high")
-# Settings of the diffusion objective that a noisy classifier does not have: they must keep
-# these values in its config.
+                             "gamma_high", "image_shape")
+# Settings of the diffusion objective that a noisy classifier or an autoencoder does not have:
+# they must keep these values in its config.
 _NOT_FOR_CLASSIFIER = {"T": 0, "label_dropout": 0.0, "weighting": "elbo",
                        "schedule_objective": "elbo"}
 
@@ -118,17 +119,28 @@ def _model_spec(config, data_spec: DataSpec) -> ModelSpec:
   g["data_range"] = tuple(_float("config.model.data_range", v) for v in low_high)
   for key in ("gamma_min", "gamma_max", "label_dropout", "sigmoid_bias"):
     g[key] = _float(f"config.model.{key}", g[key])
+  if g["autoencoder_workdir"] is not None:
+    g["autoencoder_workdir"] = str(g["autoencoder_workdir"])
+  if g["autoencoder_step"] is not None:
+    g["autoencoder_step"] = _int("config.model.autoencoder_step", g["autoencoder_step"])
   spec = ModelSpec(network=network, network_kwargs=tuple(sorted(net_kwargs.items())), **g)
-  if network == CLASSIFIER_NETWORK:
+  if network in NOT_DIFFUSION:
+    what = "a noisy classifier" if network == CLASSIFIER_NETWORK else "an autoencoder"
     for key, value in _NOT_FOR_CLASSIFIER.items():
       if getattr(spec, key) != value:
         raise ValueError(f"config.model.{key}={getattr(spec, key)!r} is a setting of the "
-                         f"diffusion objective; a noisy classifier has none: set it to "
-                         f"{value!r}.")
+                         f"diffusion objective; {what} has none: set it to {value!r}.")
+  if network == AUTOENCODER_NETWORK and spec.num_classes:
+    raise ValueError(f"config.model.num_classes={spec.num_classes}: the autoencoder is "
+                     "unconditional (it encodes images alone); set it to 0.")
+  if spec.autoencoder_workdir is not None:
+    _check_latent_model(spec, data_spec)
   try:
     spec.build()   # the model's own checks (model.validate) and the network's
   except (TypeError, ValueError) as e:
     raise type(e)(f"config.model: {e}") from None
+  if spec.autoencoder_workdir is not None:
+    _check_network_fits_latents(spec)
 
   info = data.dataset_info(data_spec.name)
   served_floats = np.issubdtype(np.dtype(info["dtype"]), np.floating)
@@ -148,6 +160,41 @@ def _model_spec(config, data_spec: DataSpec) -> ModelSpec:
         f"{info['num_classes']} classes: set config.model.num_classes to {info['num_classes']} "
         "(class-conditional) or 0 (unconditional).")
   return spec
+
+
+def _check_latent_model(spec: ModelSpec, data_spec: DataSpec) -> None:
+  """Stage 2 of latent diffusion: a diffusion network on the pixels of the autoencoder's
+  dataset."""
+  w = "config.model."
+  if spec.network in NOT_DIFFUSION:
+    raise ValueError(f"{w}autoencoder_workdir is set: this run is the latent diffusion model "
+                     f"(stage 2), which needs a score network, not {spec.network!r}.")
+  if spec.data != "discrete":
+    raise ValueError(f"{w}data={spec.data!r}: a latent diffusion run takes the 8-bit pixels its "
+                     "autoencoder was trained on (config.model.data = 'discrete'); the latents "
+                     "are continuous by construction.")
+  ae = autoencoder_spec(spec.autoencoder_workdir)
+  if (ae.data.name, ae.model.image_shape) != (data_spec.name, spec.image_shape):
+    raise ValueError(
+        f"{w}autoencoder_workdir={spec.autoencoder_workdir} holds an autoencoder of dataset "
+        f"{ae.data.name!r} with images {ae.model.image_shape}; this run is on "
+        f"{data_spec.name!r} with {spec.image_shape}: set config.data.name to "
+        f"{ae.data.name!r} or use an autoencoder of this dataset.")
+  if spec.autoencoder_step is not None and spec.autoencoder_step < 1:
+    raise ValueError(f"{w}autoencoder_step must be a checkpoint step (>= 1) or None (the "
+                     f"latest), got {spec.autoencoder_step}.")
+
+
+def _check_network_fits_latents(spec: ModelSpec) -> None:
+  """Traces (no compute) the latent model's network on latents of the autoencoder's shape."""
+  from vdm_jax import model as model_lib
+  model = spec.build()
+  try:
+    jax.eval_shape(lambda k: model_lib.init_variables(model, k), jax.random.PRNGKey(0))
+  except (TypeError, ValueError) as e:
+    raise ValueError(
+        f"config.model.{spec.network} does not fit the latents of shape {model.image_shape} of "
+        f"the autoencoder in {spec.autoencoder_workdir}: {e}") from None
 
 
 def _optimizer_spec(config) -> OptimizerSpec:
@@ -228,9 +275,9 @@ def _sampler_fields(g: dict, w: str, model_spec: ModelSpec) -> dict:
     raise ValueError(f"{w}classifier_scale={out['classifier_scale']} needs a classifier: set "
                      f"{w}classifier_workdir to a noisy-classifier run's workdir (one trained "
                      "with config.model.network='noisy_classifier').")
-  if out["classifier_workdir"] is not None and model_spec.network == CLASSIFIER_NETWORK:
+  if out["classifier_workdir"] is not None and model_spec.network in NOT_DIFFUSION:
     raise ValueError(f"{w}classifier_workdir guides a diffusion model's samples; this config "
-                     "trains the noisy classifier itself, which is not sampled.")
+                     f"trains network {model_spec.network!r}, which is not sampled.")
   return out
 
 
@@ -260,10 +307,10 @@ def _sample_eval_spec(config, model_spec: ModelSpec, data_spec: DataSpec) -> Sam
       pr_k=_int(w + "pr_k", g["pr_k"], 1),
       cache_dir=None if g["cache_dir"] is None else str(g["cache_dir"]),
       **_sampler_fields(g, w, model_spec))
-  if spec.every_steps and model_spec.network == CLASSIFIER_NETWORK:
-    raise ValueError(f"{w}every_steps={spec.every_steps}: a noisy classifier is not sampled; "
-                     "set it to 0 (its samples are measured by sampling a diffusion run with "
-                     f"{w}classifier_workdir).")
+  if spec.every_steps and model_spec.network in NOT_DIFFUSION:
+    raise ValueError(f"{w}every_steps={spec.every_steps}: a {model_spec.network!r} run is "
+                     "not sampled; set it to 0 (a noisy classifier's samples are measured by "
+                     f"sampling a diffusion run with {w}classifier_workdir).")
   if (spec.feature_weights is None) != (spec.feature_sha256 is None):
     raise ValueError(f"{w}feature_weights and {w}feature_sha256 go together: a weights file of "
                      "experiments/train_classifier.py and the sha256 its run wrote to "

@@ -3,7 +3,9 @@ names a config chooses from; `vdm_jax.config.resolve` builds them, with every ch
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -11,6 +13,7 @@ import numpy as np
 
 from vdm_jax import likelihood, nets, ode, sampling
 from vdm_jax import model as model_lib
+from vdm_jax import latent as latent_lib
 from vdm_jax import noisy_classifier as noisy_classifier_lib
 
 DECAYS = ("none", "linear", "cosine")
@@ -20,7 +23,13 @@ DTYPES = ("float32", "bfloat16")
 # config.model.network of a noisy-classifier run (`noisy_classifier.NoisyClassifierModel`,
 # trained by the loop's NOISY_CLASSIFIER objective); the other names are score networks.
 CLASSIFIER_NETWORK = "noisy_classifier"
-NETWORK_CLASSES = {**model_lib.NETWORKS, CLASSIFIER_NETWORK: nets.NoisyClassifier}
+# config.model.network of an autoencoder run (stage 1 of latent diffusion:
+# `latent.AutoencoderModel`, trained by the loop's AUTOENCODER objective).
+AUTOENCODER_NETWORK = "autoencoder"
+# The networks that are not score networks: their runs train no diffusion objective.
+NOT_DIFFUSION = (CLASSIFIER_NETWORK, AUTOENCODER_NETWORK)
+NETWORK_CLASSES = {**model_lib.NETWORKS, CLASSIFIER_NETWORK: nets.NoisyClassifier,
+                   AUTOENCODER_NETWORK: nets.KLAutoencoder}
 
 
 # ============================================================================ the specs
@@ -41,8 +50,11 @@ class ModelSpec:
 
   The data model (`data_model`) is decided here and only here: `data` is its kind, "discrete"
   (integers in [0, vocab_size) on the bin-centre grid in data_range = (low, high)) or
-  "continuous" (floats; vocab_size and data_range do not apply). The fields with a default were
-  added after the others: a run's config.json written before them resolves with these."""
+  "continuous" (floats; vocab_size and data_range do not apply). With autoencoder_workdir set
+  (stage 2 of latent diffusion), the data are still the dataset's pixels, and `build` gives a
+  `latent.LatentVDM` on the latents of that stage-1 run (autoencoder_step: its checkpoint, None
+  for the latest). The fields with a default were added after the others: a run's config.json
+  written before them resolves with these."""
   network: str
   network_kwargs: tuple[tuple[str, Any], ...]
   image_shape: tuple[int, int, int]
@@ -60,17 +72,26 @@ class ModelSpec:
   schedule_objective: str
   data: str = "discrete"
   data_range: tuple[float, float] = (-1.0, 1.0)
+  autoencoder_workdir: str | None = None
+  autoencoder_step: int | None = None
 
   def data_model(self) -> likelihood.DataModel:
     """The data model these settings name (`likelihood.make`)."""
     return likelihood.make(self.data, self.vocab_size, *self.data_range)
 
-  def build(self) -> model_lib.VDM | noisy_classifier_lib.NoisyClassifierModel:
+  def build(self) -> (model_lib.VDM | noisy_classifier_lib.NoisyClassifierModel
+                      | latent_lib.AutoencoderModel):
     """The VDM module these settings describe (for network "noisy_classifier", the
-    `noisy_classifier.NoisyClassifierModel` instead)."""
+    `noisy_classifier.NoisyClassifierModel`; for "autoencoder", the
+    `latent.AutoencoderModel`)."""
     net_kwargs = dict(self.network_kwargs, num_classes=self.num_classes)
     if self.dtype != "float32":
       net_kwargs["dtype"] = np.dtype(getattr(jax.numpy, self.dtype))
+    if self.network == AUTOENCODER_NETWORK:
+      del net_kwargs["num_classes"]
+      return latent_lib.AutoencoderModel(
+          nets.KLAutoencoder(image_shape=self.image_shape, **net_kwargs),
+          image_shape=self.image_shape, data=self.data_model())
     if self.network == CLASSIFIER_NETWORK:
       classifier = nets.NoisyClassifier(gamma_low=self.gamma_min, gamma_high=self.gamma_max,
                                         **net_kwargs)
@@ -80,9 +101,36 @@ class ModelSpec:
           antithetic=self.antithetic)
     attrs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
              if f.name not in ("network", "network_kwargs", "dtype", "vocab_size", "data",
-                               "data_range")}
-    return model_lib.VDM(network=model_lib.NETWORKS[self.network](**net_kwargs),
-                         data=self.data_model(), **attrs)
+                               "data_range", "autoencoder_workdir", "autoencoder_step")}
+    network = model_lib.NETWORKS[self.network](**net_kwargs)
+    if self.autoencoder_workdir is not None:   # stage 2: a VDM on the autoencoder's latents
+      attrs["image_shape"] = autoencoder_spec(self.autoencoder_workdir).model.build().latent_shape
+      return latent_lib.LatentVDM(network=network, data=likelihood.Continuous(),
+                                  autoencoder_workdir=self.autoencoder_workdir,
+                                  autoencoder_step=self.autoencoder_step, **attrs)
+    return model_lib.VDM(network=network, data=self.data_model(), **attrs)
+
+
+def autoencoder_spec(workdir: str) -> "RunSpec":
+  """The resolved spec of the stage-1 run in `workdir` (its config.json), read once per
+  version of the file; ValueError unless that run trains an autoencoder."""
+  path = Path(workdir) / "config.json"
+  if not path.is_file():
+    raise ValueError(f"config.model.autoencoder_workdir={workdir} has no config.json: it is not "
+                     "the workdir of a training run. Train stage 1 (an autoencoder) there first.")
+  return _autoencoder_spec(str(path), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _autoencoder_spec(path: str, mtime_ns: int) -> "RunSpec":
+  from vdm_jax.config import reading
+  spec = reading.resolve(reading.from_json(Path(path).read_text()))
+  if spec.model.network != AUTOENCODER_NETWORK:
+    raise ValueError(
+        f"config.model.autoencoder_workdir={Path(path).parent} holds a run of network "
+        f"{spec.model.network!r}, not an autoencoder: train stage 1 with "
+        f"config.model.network='{AUTOENCODER_NETWORK}' there first.")
+  return spec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import signal
-import threading
-import time
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -26,10 +23,10 @@ import jax
 import numpy as np
 
 from vdm_jax import checkpoint as checkpoint_lib
-from vdm_jax import data, logging_utils, parallel
+from vdm_jax import data, latent, logging_utils, parallel
 from vdm_jax import model as model_lib
 from vdm_jax.config import RunSpec
-from vdm_jax.training import actions, objectives, sample_eval
+from vdm_jax.training import actions, in_flight, latent_runs, objectives, sample_eval
 from vdm_jax.training import optimizer as optimizer_lib
 from vdm_jax.training import state as state_lib
 from vdm_jax.training import step as step_lib
@@ -54,61 +51,6 @@ class Every:
   def next_due(self, step: int, last: int) -> int:
     """The first step after `step` at which this is due."""
     return last if self.n <= 0 else min(last, (step // self.n + 1) * self.n)
-
-
-MAX_CALLS_IN_FLIGHT = 2
-
-
-class _Pending:
-  """Metrics of train calls not yet looked at (device arrays; fetched when an action is due)."""
-
-  def __init__(self):
-    self.items: list[tuple[int, Mapping[str, jax.Array]]] = []
-
-  def add(self, first_step: int, metrics: Mapping[str, jax.Array]) -> None:
-    """Records a call's metrics, and waits for the call before the previous one: at most
-    MAX_CALLS_IN_FLIGHT train calls are dispatched and unfinished at any time. Why: XLA:CPU
-    runs the calls of a multi-device program on one thread pool, and with many such calls
-    queued the devices' threads can sit in the all-reduces of different calls (a rendezvous
-    that never completes; XLA ends the process after 40 s). Two in flight keep the
-    accelerator busy while the host prepares the next batch."""
-    self.items.append((first_step, metrics))
-    if len(self.items) > MAX_CALLS_IN_FLIGHT - 1:
-      jax.block_until_ready(self.items[-MAX_CALLS_IN_FLIGHT][1])
-
-  def collect(self) -> tuple[dict[str, np.ndarray], list[int]]:
-    """Fetches everything: ({key: values over steps}, [1-based step numbers]); clears."""
-    fetched = jax.device_get([m for _, m in self.items])
-    steps: list[int] = []
-    merged: dict[str, list] = {}
-    for (first, _), m in zip(self.items, fetched):
-      steps.extend(range(first + 1, first + len(m["train/loss"]) + 1))
-      for k, v in m.items():
-        merged.setdefault(k, []).append(np.asarray(v))
-    self.items = []
-    return {k: np.concatenate(v) for k, v in merged.items()}, steps
-
-
-class _Throughput:
-  """Steps per second since the last mark; the first call (compilation included) on its own."""
-
-  def __init__(self, step: int):
-    self.mark_time, self.mark_step, self.first_call = time.perf_counter(), step, None
-
-  def after_call(self, state, step: int) -> None:
-    if self.first_call is None:
-      jax.block_until_ready(state)
-      self.first_call = (step - self.mark_step, time.perf_counter() - self.mark_time)
-      logger.info("First train call (compilation + %d step(s)): %.1fs", *self.first_call)
-      self.mark(step)
-
-  def rate(self, step: int) -> float:
-    if step > self.mark_step:
-      return (step - self.mark_step) / max(time.perf_counter() - self.mark_time, 1e-9)
-    return self.first_call[0] / self.first_call[1]   # a log right after the first call
-
-  def mark(self, step: int) -> None:
-    self.mark_time, self.mark_step = time.perf_counter(), step
 
 
 def _stacked_batches(batches: Iterator[dict], n: int, mesh, with_labels: bool) -> dict:
@@ -199,30 +141,48 @@ def train_and_evaluate(spec: RunSpec, workdir: str | Path, *,
       if start_over:
         ckpt.set_aside_all()
       optimizer = optimizer_lib.make_optimizer(spec.optimizer, spec.training.num_steps)
-      state, resumed = _restore_or_init(spec, model, optimizer, mesh, ckpt, allow_config_change)
+      # Stage 2 of latent diffusion: the autoencoder's identity goes into (and is compared
+      # with) the checkpoints; the model trains on the posterior moments of its latents.
+      ae = None
+      if isinstance(model, latent.LatentVDM):
+        ae = latent_runs.load(model.autoencoder_workdir, model.autoencoder_step)
+      extra_meta = ae.identity() if ae is not None else {}
+      state, resumed = _restore_or_init(spec, model, optimizer, mesh, ckpt, allow_config_change,
+                                        extra_meta)
+      if ae is not None:
+        train_split = (latent_runs.posterior_moments(ae, train_split[0]), train_split[1])
       if jax.process_index() == 0:
         logging_utils.truncate_metrics(workdir, int(state.step) if resumed else None)
       workdir_lib.write_config(spec, workdir)
       writer = logging_utils.MetricsWriter(workdir, enabled=jax.process_index() == 0)
       try:
         return _run(spec, workdir, model, optimizer, state, mesh, writer, ckpt, train_split,
-                    test_split, evaluator)
+                    test_split, evaluator, extra_meta)
       finally:
         writer.close()
     finally:
       ckpt.close()
 
 
-def _restore_or_init(spec: RunSpec, model, optimizer, mesh, ckpt, allow_config_change: bool):
-  """(state, resumed): the latest usable checkpoint, checked against the config, or a fresh
-  state."""
+def _restore_or_init(spec: RunSpec, model, optimizer, mesh, ckpt, allow_config_change: bool,
+                     extra_meta: Mapping):
+  """(state, resumed): the latest usable checkpoint, checked against the config (and against
+  `extra_meta`, what this run records beyond `workdir.checkpoint_meta`), or a fresh state."""
   restored = ckpt.restore(state_lib.abstract_state(model, optimizer, mesh))
   if restored is None:
     return state_lib.create_state(model, optimizer, spec.training.seed, mesh), False
   state, meta = restored
   step = int(state.step)
-  for difference in workdir_lib.check_resume(spec, meta, step, ckpt.directory,
-                                             allow_config_change):
+  differences = [f"{k}: checkpoint {meta.get(k)!r}, now {v!r}" for k, v in extra_meta.items()
+                 if meta.get(k) != v]
+  if differences and not allow_config_change:
+    raise workdir_lib.CheckpointMismatchError(
+        f"The checkpoint at step {step} in {ckpt.directory} was trained on another autoencoder "
+        f"checkpoint ({'; '.join(differences)}). Set config.model.autoencoder_step to the step "
+        "it was trained on (and keep that checkpoint), use a new --workdir, or pass "
+        "--allow_config_change to resume anyway.")
+  for difference in differences + workdir_lib.check_resume(spec, meta, step, ckpt.directory,
+                                                           allow_config_change):
     logger.warning("Resuming despite a changed setting (--allow_config_change): %s.",
                    difference)
   logger.info("Resumed from the checkpoint at step %d in %s.", step, ckpt.directory)
@@ -234,7 +194,7 @@ def _restore_or_init(spec: RunSpec, model, optimizer, mesh, ckpt, allow_config_c
 
 
 def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, mesh, writer,
-         ckpt, train_split, test_split, evaluator) -> dict:
+         ckpt, train_split, test_split, evaluator, extra_meta: Mapping) -> dict:
   loop, num_steps, step = spec.training, spec.training.num_steps, int(state.step)
   objective = objectives.of(model)
   _log_start(spec, model, state, mesh, writer, step)
@@ -242,7 +202,7 @@ def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, m
                                             ema_rate=spec.optimizer.ema_rate)
   batches = data.train_batches(*train_split, parallel.per_process_batch(loop.batch_size, mesh),
                                seed=loop.seed, start_batch=step)
-  ckpt_meta = workdir_lib.checkpoint_meta(spec)
+  ckpt_meta = workdir_lib.checkpoint_meta(spec) | dict(extra_meta)
   last_record: dict = {}
 
   def log(step, values):
@@ -266,8 +226,13 @@ def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, m
         model, state.ema_params, spec.eval, test_split, mesh, actions.eval_key(loop.seed)))
 
   def sample(step, _=None):
-    _write_samples(workdir, writer, model, step, actions.sample_params(
-        model, state.ema_params, spec.sampling, actions.sample_key(loop.seed)))
+    samples = actions.sample_params(model, state.ema_params, spec.sampling,
+                                    actions.sample_key(loop.seed))
+    if objective.to_images is not None:   # latents -> pixels
+      samples = objective.to_images(model, samples)
+      _write_samples(workdir, writer, step, samples, spec.model.vocab_size)
+    else:
+      _write_samples(workdir, writer, step, samples, model.vocab_size)
 
   def sample_quality(step, _=None):
     result = evaluator(model, state.ema_params, mesh, actions.sample_eval_key(loop.seed))
@@ -280,8 +245,8 @@ def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, m
     periodic.append((Every(loop.sample_every), sample))
   if evaluator is not None:   # every_steps > 0 (Every(0) would still be due at the last step)
     periodic.append((Every(spec.sample_eval.every_steps), sample_quality))
-  pending, throughput, start_step = _Pending(), _Throughput(step), step
-  with _Preemption() as preempted, logging_utils.Progress(num_steps, "train", "step",
+  pending, throughput, start_step = in_flight.Pending(), in_flight.Throughput(step), step
+  with in_flight.Preemption() as preempted, logging_utils.Progress(num_steps, "train", "step",
                                                          initial=step) as bar:
     while step < num_steps:
       next_due = min(every.next_due(step, num_steps) for every, _ in periodic)
@@ -321,37 +286,11 @@ def _run(spec: RunSpec, workdir: Path, model: model_lib.VDM, optimizer, state, m
   return last_record
 
 
-class _Preemption:
-  """SIGTERM sets a flag that the loop reads at each step boundary (the handler itself does
-  nothing else, so it is safe whatever the main thread is doing). With several processes, the
-  flags are combined so that every process stops at the same step."""
-
-  def __init__(self):
-    self._flag, self._previous = False, None
-
-  def _handle(self, signum, frame):
-    self._flag = True
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def __call__(self) -> bool:
-    if jax.process_count() == 1:
-      return self._flag
-    from jax.experimental import multihost_utils
-    return bool(np.any(multihost_utils.process_allgather(np.int32(self._flag))))
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def _log_start(spec: RunSpec, model, state, mesh, writer, step: int) -> None:
   num_params = model_lib.param_count(state.params)
   m = spec.model
-  network = getattr(model, "network", None) or model.classifier
+  network = next(getattr(model, a) for a in ("network", "classifier", "autoencoder")
+                 if hasattr(model, a))
   logger.info(
       "Training %s on %s: %d parameters, network %s, schedule %s, weighting %s, schedule "
       "objective %s; global batch %d on %d devices (%d processes); steps %d -> %d.",
@@ -383,11 +322,13 @@ def _log_eval(objective, writer, step: int, result: dict) -> dict:
   return writer.write(step, result)
 
 
-def _write_samples(workdir: Path, writer, model, step: int, images: np.ndarray) -> None:
-  """samples/step_<step>.png (image grids of discrete data) or .npy (anything else)."""
+def _write_samples(workdir: Path, writer, step: int, images: np.ndarray,
+                   vocab_size: int | None) -> None:
+  """samples/step_<step>.png (image grids of discrete data, vocab_size values) or .npy
+  (anything else: vocab_size None)."""
   stem = workdir / "samples" / f"step_{step}"
   if jax.process_index() == 0:
-    path, grid = logging_utils.save_samples(images, stem, model.vocab_size)
+    path, grid = logging_utils.save_samples(images, stem, vocab_size)
     if grid is not None:
       writer.write_images(step, "samples", grid)
     logger.info("step %d: wrote %d samples to %s", step, len(images), path)

@@ -10,8 +10,9 @@ from pathlib import Path
 import jax
 
 from vdm_jax import data, parallel
+from vdm_jax import config as config_lib
 from vdm_jax.config import RunSpec
-from vdm_jax.training import actions, guidance, sample_eval, sample_shards
+from vdm_jax.training import actions, guidance, objectives, sample_eval, sample_shards
 from vdm_jax.training.state import restore_state
 
 logger = logging.getLogger(__name__)
@@ -49,9 +50,9 @@ def evaluate_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None = N
   test_split = data.load_arrays(spec.data.name, "test", spec.data.data_dir)
   actions.check_values_fit(spec, "test", test_split[0])
   model, params, step, prefix = checkpoint_params(spec, workdir, step, official_checkpoint, mesh)
-  result = actions.evaluate_params(model, params, spec.eval, test_split, mesh,
-                                   actions.eval_key(spec.training.seed),
-                                   method=spec.eval.method)
+  result = objectives.of(model).evaluate(model, params, spec.eval, test_split, mesh,
+                                         actions.eval_key(spec.training.seed),
+                                         method=spec.eval.method)
   record = {"step": step, "time": round(time.time(), 3), "mode": "eval", **result}
   if official_checkpoint is not None:
     record["checkpoint"] = str(official_checkpoint)
@@ -60,6 +61,15 @@ def evaluate_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None = N
     (Path(workdir) / f"eval_{prefix}step_{step}.json").write_text(
         json.dumps(record, indent=2) + "\n")
   return record
+
+
+def _check_sampled(spec: RunSpec, mode: str) -> None:
+  """ValueError, before anything is read, for a run whose model is not sampled."""
+  if spec.model.network in config_lib.NOT_DIFFUSION:
+    raise ValueError(
+        f"--mode={mode} samples a diffusion model; this run trains network "
+        f"{spec.model.network!r} (config.model.network), which has no samples. Evaluate it "
+        "with --mode=eval.")
 
 
 def guidance_suffix(how) -> str:
@@ -85,6 +95,7 @@ def sample_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None = Non
   guided by that noisy classifier (`guidance.guide`; the grid one class per column), into
   `samples_<prefix>step_<step>_cg<scale>/`; with classifier-free guidance, `..._w<weight>/`.
   A folder sampled with other settings is refused (`sample_shards.write_shards`)."""
+  _check_sampled(spec, "sample")
   mesh = parallel.make_mesh() if mesh is None else mesh
   model, params, step, prefix = checkpoint_params(spec, workdir, step, official_checkpoint, mesh)
   model, params = guidance.guide(spec.sampling, model, params, mesh)
@@ -112,6 +123,7 @@ def sample_eval_checkpoint(spec: RunSpec, workdir: str | Path, step: int | None 
   cached) before anything is sampled. Writes the record to
   `<workdir>/sample_eval_<prefix>step_<step>_<sampler>-<T>_n<N>.json` (ode: `..._ode_n<N>`)
   and returns it."""
+  _check_sampled(spec, "sample_eval")
   mesh = parallel.make_mesh() if mesh is None else mesh
   evaluator = sample_eval.SampleEvaluator(spec, spec.model.build())
   model, params, step, prefix = checkpoint_params(spec, workdir, step, official_checkpoint, mesh)

@@ -3,14 +3,18 @@
 The loop, the step, the checkpoints and the modes are the same for every kind; what differs is
 the loss and its metrics, the evaluation and how they are logged:
 
-    objective = objectives.of(model)                  # DIFFUSION or NOISY_CLASSIFIER
+    objective = objectives.of(model)          # DIFFUSION, NOISY_CLASSIFIER or AUTOENCODER
     loss, metrics = objective.loss_fn(model, params, batch, rng, train=True)
     result = objective.evaluate(model, ema_params, spec.eval, test_split, mesh, key)
 
 `DIFFUSION` trains a `model.VDM` on its objective (the negative ELBO unless its weighting says
 otherwise), logged in bits per dimension; `NOISY_CLASSIFIER` trains a
 `noisy_classifier.NoisyClassifierModel` on the cross-entropy of p(y | z_t) along the forward
-process, logged as accuracy, also per t-bin at eval.
+process, logged as accuracy, also per t-bin at eval; `AUTOENCODER` trains a
+`latent.AutoencoderModel` (stage 1 of latent diffusion) on -log p(x | z) + beta KL, logged in
+bits per dimension, with the PSNR of its reconstructions and the KL per latent dimension at eval;
+`LATENT_DIFFUSION` trains a `latent.LatentVDM` (stage 2) on its latents, evaluated by the
+pixel-space bound (`training.latent_runs`).
 """
 from __future__ import annotations
 
@@ -24,10 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import data, evaluation, likelihood, logging_utils, parallel
+from vdm_jax import data, evaluation, latent, likelihood, logging_utils, parallel
 from vdm_jax import noisy_classifier as noisy_classifier_lib
 from vdm_jax.config import EvalSpec
-from vdm_jax.training import actions
+from vdm_jax.training import actions, latent_runs
 
 Array = jax.Array
 
@@ -45,6 +49,8 @@ class Objective:
     'train/loss' is always among the metrics.
   evaluate(model, params, spec, test_split, mesh, key, method=...) -> {'eval/...': value}.
   train_line(record) / eval_line(result): the log lines.
+  to_images(model, samples) -> uint8 images: what the samples look like as data (None: the
+    samples are the data; a latent model decodes them).
   """
   headline: str
   samples: bool
@@ -52,6 +58,7 @@ class Objective:
   evaluate: Callable
   train_line: Callable
   eval_line: Callable
+  to_images: Callable | None = None
 
 
 # -------------------------------------------------------------------------------- diffusion
@@ -183,6 +190,93 @@ def _classifier_eval_line(r: dict) -> str:
           f"1/{NUM_T_BINS}: {bins}; {r['eval/seconds']:.1f}s")
 
 
+# ------------------------------------------------------------------------------ autoencoder
+
+
+def autoencoder_loss_fn(model, params, batch: Mapping[str, Array], rng: Array,
+                        train: bool = True) -> tuple[Array, dict]:
+  """The autoencoder's loss -log p(x | z) + kl_weight KL(q(z | x) || N(0, I)) (nats, batch
+  mean, one z ~ q(z | x) per image); metrics 'train/loss', its evidence bound (beta = 1) in
+  bits per dimension 'train/bpd' and its parts 'train/decoder_bpd', 'train/kl_bpd'."""
+  del train   # no dropout
+  loss, terms = model.apply({"params": params}, batch["image"], rngs={"sample": rng},
+                            method=model.objective)
+  objective = jnp.mean(loss)
+  bpd = lambda v: likelihood.nats_to_bpd(jnp.mean(v), math.prod(model.image_shape))
+  return objective, {"train/loss": objective, "train/bpd": bpd(terms.decoder_nll + terms.kl),
+                     "train/decoder_bpd": bpd(terms.decoder_nll), "train/kl_bpd": bpd(terms.kl)}
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _autoencoder_eval_batch(variables, images, key, *, model):
+  mean, log_std = model.apply(variables, images, method=model.encode)
+  z = latent.sample_latent(key, mean, log_std)
+  recon = model.apply(variables, mean, method=model.decode)    # the decoder at the posterior mean
+  err = (recon - images.astype(jnp.int32)).astype(jnp.float32)
+  return {"decoder_nll": model.apply(variables, images, z, method=model.decoder_nll),
+          "kl": latent.kl_to_standard_normal(mean, log_std),
+          "sq_err": jnp.sum(jnp.square(err).reshape(err.shape[0], -1), axis=-1)}
+
+
+def evaluate_autoencoder(model, params, spec: EvalSpec,
+                         test_split: tuple[np.ndarray, np.ndarray], mesh: jax.sharding.Mesh,
+                         key: Array, method: str = "elbo") -> dict:
+  """The autoencoder on the test split (spec's batch_size and max_batches apply).
+
+  Returns 'eval/bpd' (its evidence bound -log p(x | z) + KL, one z per image; bits per pixel
+  dimension) with 'eval/bpd_se' (standard error over the images), 'eval/decoder_bpd' and
+  'eval/kl_bpd' (its parts), 'eval/kl_per_latent_dim' (nats), 'eval/psnr' (dB, of the decoder's
+  location at the posterior mean, rounded to the pixel bins, against the image; from the
+  mean squared error over all test pixels), 'eval/latent_shape' (e.g. '7x7x4'), 'eval/num_images',
+  'eval/seconds'. `method` is the diffusion objective's (an autoencoder has one evaluation).
+  """
+  del method
+  batch = parallel.per_process_batch(spec.batch_size, mesh, "config.eval.batch_size")
+  batches = data.eval_batches(*test_split, batch)
+  num_batches = -(-len(test_split[0]) // spec.batch_size)
+  if spec.max_batches is not None:
+    batches = (b for i, b in zip(range(spec.max_batches), batches))
+    num_batches = min(num_batches, spec.max_batches)
+  start = time.perf_counter()
+  parts: dict[str, list] = {"decoder_nll": [], "kl": [], "sq_err": []}
+  for n, b in enumerate(logging_utils.progress_iter(batches, num_batches, "eval", "batch")):
+    mask = np.asarray(b["mask"], bool)
+    images = parallel.shard_batch({"image": b["image"]}, mesh)["image"]
+    out = _autoencoder_eval_batch({"params": params}, images, jax.random.fold_in(key, n),
+                                  model=model)
+    out, mask = evaluation.gather_batch(out, mask)
+    for k in parts:
+      parts[k].append(np.asarray(out[k], np.float64)[mask])
+  nll, kl, sq_err = (np.concatenate(parts[k]) for k in ("decoder_nll", "kl", "sq_err"))
+  if len(nll) == 0:
+    raise ValueError("the autoencoder's evaluation got no real images.")
+  num_dims, latent_dims = math.prod(model.image_shape), math.prod(model.latent_shape)
+  bits = (nll + kl) / (num_dims * math.log(2.0))
+  mse = float(np.mean(sq_err)) / num_dims
+  vmax = model.data.vocab_size - 1
+  return {"eval/bpd": float(bits.mean()),
+          "eval/bpd_se": float(bits.std(ddof=1) / math.sqrt(len(bits))) if len(bits) > 1 else 0.0,
+          "eval/decoder_bpd": float(nll.mean() / (num_dims * math.log(2.0))),
+          "eval/kl_bpd": float(kl.mean() / (num_dims * math.log(2.0))),
+          "eval/kl_per_latent_dim": float(kl.mean() / latent_dims),
+          "eval/psnr": float(10.0 * np.log10(vmax ** 2 / mse)) if mse > 0 else float("inf"),
+          "eval/latent_shape": "x".join(map(str, model.latent_shape)), "eval/num_images": len(bits),
+          "eval/seconds": time.perf_counter() - start}
+
+
+def _autoencoder_train_line(r: dict) -> str:
+  return (f"train bpd {r['train/bpd']:.4f} (decoder {r['train/decoder_bpd']:.4f}, kl "
+          f"{r['train/kl_bpd']:.4f})")
+
+
+def _autoencoder_eval_line(r: dict) -> str:
+  return (f"eval bpd {r['eval/bpd']:.4f} +- {r['eval/bpd_se']:.4f} (decoder "
+          f"{r['eval/decoder_bpd']:.4f}, kl {r['eval/kl_bpd']:.4f}; "
+          f"{r['eval/kl_per_latent_dim']:.3f} nats per latent dimension of "
+          f"{r['eval/latent_shape']}), PSNR {r['eval/psnr']:.2f} dB on "
+          f"{r['eval/num_images']} test images in {r['eval/seconds']:.1f}s")
+
+
 # ---------------------------------------------------------------------------------- registry
 
 
@@ -190,10 +284,20 @@ DIFFUSION = Objective("train/bpd", True, diffusion_loss_fn, actions.evaluate_par
                       _diffusion_train_line, _diffusion_eval_line)
 NOISY_CLASSIFIER = Objective("train/accuracy", False, classifier_loss_fn, evaluate_classifier,
                              _classifier_train_line, _classifier_eval_line)
+AUTOENCODER = Objective("train/bpd", False, autoencoder_loss_fn, evaluate_autoencoder,
+                        _autoencoder_train_line, _autoencoder_eval_line)
+LATENT_DIFFUSION = Objective("train/latent_bpd", True, latent_runs.loss_fn, latent_runs.evaluate,
+                             latent_runs.train_line, latent_runs.eval_line,
+                             to_images=latent_runs.to_images)
 
 
 def of(model) -> Objective:
-  """The objective of a model: NOISY_CLASSIFIER for a `NoisyClassifierModel`, else DIFFUSION."""
+  """The objective of a model: NOISY_CLASSIFIER for a `NoisyClassifierModel`, AUTOENCODER for
+  a `latent.AutoencoderModel`, LATENT_DIFFUSION for a `latent.LatentVDM`, else DIFFUSION."""
   if isinstance(model, noisy_classifier_lib.NoisyClassifierModel):
     return NOISY_CLASSIFIER
+  if isinstance(model, latent.AutoencoderModel):
+    return AUTOENCODER
+  if isinstance(model, latent.LatentVDM):
+    return LATENT_DIFFUSION
   return DIFFUSION

@@ -37,8 +37,8 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
   over steps, [S, B, ...] with the global batch B (split over 'data' on axis 1); it runs S
   optimizer steps of `objectives.of(model)`. `metrics` holds [S] arrays per key: the
   objective's metrics and 'train/grad_norm' (before clipping), 'train/lr' (from the optimizer
-  state), 'train/gamma_min', 'train/gamma_max' and 'train/finite' (loss, gradients and new
-  parameters all finite).
+  state), 'train/finite' (loss, gradients and new parameters all finite) and, for a model with
+  a noise schedule, 'train/gamma_min', 'train/gamma_max'.
   `state` is donated.
 
   unroll: run the S steps as S unrolled copies instead of `lax.scan` (compile time grows with
@@ -56,17 +56,17 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
     ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p,
                                  state.ema_params, params)
     grad_norm = optax.tree.norm(grads)
-    gammas = model.apply({"params": params}, jnp.array([0.0, 1.0], jnp.float32),
-                         method=model.gamma)
     metrics = dict(metrics)
     metrics.update({
         "train/grad_norm": grad_norm,
         "train/lr": optimizer_lib.learning_rate(opt_state),
-        "train/gamma_min": gammas[0],
-        "train/gamma_max": gammas[1],
         "train/finite": (jnp.isfinite(objective) & jnp.isfinite(grad_norm)
                          & _all_finite(params)),
     })
+    if hasattr(model, "gamma"):   # a model with a noise schedule (not the autoencoder)
+      gammas = model.apply({"params": params}, jnp.array([0.0, 1.0], jnp.float32),
+                           method=model.gamma)
+      metrics.update({"train/gamma_min": gammas[0], "train/gamma_max": gammas[1]})
     return state.replace(step=state.step + 1, params=params, ema_params=ema,
                          opt_state=opt_state), metrics
 

@@ -1,0 +1,159 @@
+"""Stage 2 of latent diffusion through the training system: a VDM on an autoencoder run's
+latents (resume, the pixel bound at eval, decoded samples), the autoencoder's identity, and the
+config checks."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers_train import restore_saved_state, tiny_config
+from vdm_jax import config as config_lib, data, latent, logging_utils, parallel, training
+from vdm_jax.training import latent_runs, objectives
+from vdm_jax.training import workdir as workdir_lib
+
+# A small Fashion-MNIST (1024 training and 400 test images): each stage-2 run encodes its
+# training split once.
+DATASET = "fashion_mnist_1k"
+AE = {"data.name": DATASET, "model.network": "autoencoder", "model.schedule": "fixed_linear",
+      "model.autoencoder": dict(latent_channels=2, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1,
+                                kl_weight=0.5),
+      "training.checkpoint_every": 2}
+LATENT = {"data.name": DATASET, "model.unet": dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                             dropout=0.0, with_fourier_features=False),
+          "eval.batch_size": 400, "sampling.T": 2, "sampling.num_samples": 4}
+
+
+@pytest.fixture(autouse=True)
+def _no_env_data_dir(monkeypatch):
+  monkeypatch.delenv("VDM_DATA_DIR", raising=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _small_dataset():
+  (train, train_labels), (test, test_labels) = (data.load_arrays("fashion_mnist", split)
+                                                for split in ("train", "test"))
+  data.register_arrays(DATASET, train[:1024], test[:400], train_labels=train_labels[:1024],
+                       test_labels=test_labels[:400], num_classes=10, overwrite=True)
+
+
+@pytest.fixture(scope="module")
+def ae_dir(tmp_path_factory, _small_dataset):
+  """A 2-step autoencoder run (checkpoint at step 2)."""
+  workdir = tmp_path_factory.mktemp("ae")
+  training.train_and_evaluate(config_lib.resolve(tiny_config(**AE)), workdir)
+  return workdir
+
+
+def _latent_spec(ae_dir, **overrides):
+  return config_lib.resolve(tiny_config(**{**LATENT, "model.autoencoder_workdir": str(ae_dir),
+                                           **overrides}))
+
+
+@pytest.fixture(scope="module")
+def latent_runs_dirs(ae_dir, tmp_path_factory):
+  """A 4-step latent run straight, and one stopped at step 2 and resumed; eval and samples at
+  step 4."""
+  root = tmp_path_factory.mktemp("latent")
+  common = {"training.checkpoint_every": 2, "training.eval_every": 4,
+            "training.sample_every": 4}
+  spec4 = _latent_spec(ae_dir, **{"training.num_steps": 4, **common})
+  spec2 = _latent_spec(ae_dir, **{"training.num_steps": 2, **common})
+  straight, resumed = root / "straight", root / "resumed"
+  last = training.train_and_evaluate(spec4, straight)
+  training.train_and_evaluate(spec2, resumed)
+  training.train_and_evaluate(spec4, resumed)
+  return spec4, straight, resumed, last
+
+
+def test_the_latent_model_trains_resumes_bit_exact_and_decodes_its_samples(latent_runs_dirs):
+  spec, straight, resumed, last = latent_runs_dirs
+  model = spec.model.build()
+  assert isinstance(model, latent.LatentVDM) and model.image_shape == (7, 7, 2)
+  assert objectives.of(model) is objectives.LATENT_DIFFUSION
+  for step in (2, 4):
+    a, b = restore_saved_state(straight, spec, step), restore_saved_state(resumed, spec, step)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  records = logging_utils.read_metrics(resumed)
+  assert [r["step"] for r in records if "train/latent_bpd" in r] == [1, 2, 3, 4]
+  assert (resumed / "samples" / "step_4.png").is_file()      # decoded to pixels: a grid
+  assert last["eval/num_images"] == 400 and last["eval/bpd_se"] > 0
+
+
+def test_the_pixel_bound_at_eval_agrees_with_one_assembled_from_the_public_functions(
+    latent_runs_dirs, ae_dir):
+  """The loop's eval against a Monte-Carlo estimate built here from `latent.pixel_bound`,
+  `losses.vdm_loss` and the decoder's likelihood (other keys), within 4 standard errors; and
+  the parts' units by hand (bits per pixel dimension, the scale's change of variables)."""
+  from vdm_jax import losses, model as model_lib
+  spec, straight, _, last = latent_runs_dirs
+  model, state, _ = training.restore_state(spec, straight, mesh=parallel.make_mesh())
+  ae = latent_runs.load(str(ae_dir))
+  assert last["eval/latent_scale"] == ae.scale
+  images = jnp.asarray(data.load_arrays(DATASET, "test")[0])
+  ae_vars = {"params": ae.params}
+  mean, log_std = ae.model.apply(ae_vars, images, method=ae.model.encode)
+  eps_fn, gamma_fn = model_lib.pure_fns(model, {"params": jax.device_get(state.ema_params)})
+  dec = lambda z: ae.model.apply(ae_vars, images, z, method=ae.model.decoder_nll)
+  lat = lambda u, k: losses.vdm_loss(eps_fn, gamma_fn, u, k, data=model.data).total
+  totals = np.stack([np.asarray(latent.pixel_bound(mean, log_std, dec, lat, jax.random.PRNGKey(
+      100 + i), scale=ae.scale).total) for i in range(4)]).mean(0) / (784 * math.log(2))
+  se = math.hypot(totals.std(ddof=1) / math.sqrt(len(totals)), last["eval/bpd_se"])
+  assert abs(totals.mean() - last["eval/bpd"]) < 4 * se, (totals.mean(), last["eval/bpd"], se)
+  # The parts: the decoder's NLL and the entropy of q(z | x) (closed form, no draws) by hand.
+  want_entropy = np.mean(np.sum(np.asarray(log_std, np.float64).reshape(400, -1)
+                                + 0.5 * (1 + math.log(2 * math.pi)), axis=1)) / (784 * math.log(2))
+  np.testing.assert_allclose(last["eval/encoder_entropy_bpd"], want_entropy, rtol=1e-5)
+  np.testing.assert_allclose(last["eval/bpd"], last["eval/decoder_bpd"]
+                             - last["eval/encoder_entropy_bpd"] + last["eval/latent_bpd"],
+                             rtol=1e-6)
+
+
+@pytest.mark.heavy   # three more runs: a minute on 2 CPU cores
+def test_a_changed_autoencoder_checkpoint_is_refused_on_resume(ae_dir, latent_runs_dirs,
+                                                               tmp_path):
+  import shutil
+  spec, straight, _, _ = latent_runs_dirs
+  ae_copy, run_copy = tmp_path / "ae", tmp_path / "run"
+  shutil.copytree(ae_dir, ae_copy)
+  # The stage-2 run, its checkpoints pointing at the copy of the autoencoder.
+  spec6 = _latent_spec(ae_copy, **{"training.num_steps": 6, "training.checkpoint_every": 2})
+  training.train_and_evaluate(_latent_spec(ae_copy, **{"training.num_steps": 2,
+                                                       "training.checkpoint_every": 2}),
+                              run_copy)
+  metrics_before = (run_copy / "metrics.jsonl").read_bytes()
+  # The autoencoder trains on: its latest checkpoint is another one.
+  training.train_and_evaluate(config_lib.resolve(tiny_config(**{**AE, "training.num_steps": 4})),
+                              ae_copy)
+  with pytest.raises(workdir_lib.CheckpointMismatchError,
+                     match=r"trained on another autoencoder checkpoint \(autoencoder_step: "
+                           r"checkpoint 2, now 4.*Set config.model.autoencoder_step"):
+    training.train_and_evaluate(spec6, run_copy)
+  assert (run_copy / "metrics.jsonl").read_bytes() == metrics_before
+  # Pinned to the step it was trained on, it resumes.
+  pinned = _latent_spec(ae_copy, **{"training.num_steps": 3, "training.checkpoint_every": 2,
+                                    "model.autoencoder_step": 2})
+  training.train_and_evaluate(pinned, run_copy)
+  assert [r["step"] for r in logging_utils.read_metrics(run_copy) if "train/latent_bpd" in r] \
+      == [1, 2, 3]
+
+
+def test_latent_config_checks_fail_before_compute(ae_dir, tmp_path):
+  with pytest.raises(ValueError, match=r"autoencoder_workdir=.*nowhere has no config.json"):
+    _latent_spec(tmp_path / "nowhere")
+  diffusion_run = tmp_path / "diffusion"
+  diffusion_run.mkdir()
+  (diffusion_run / "config.json").write_text(config_lib.resolve(tiny_config()).to_json())
+  with pytest.raises(ValueError, match=r"holds a run of network 'unet', not an autoencoder"):
+    _latent_spec(diffusion_run)
+  with pytest.raises(ValueError, match=r"takes the 8-bit pixels"):
+    _latent_spec(ae_dir, **{"model.data": "continuous"})
+  with pytest.raises(ValueError, match=r"needs a score network, not 'autoencoder'"):
+    _latent_spec(ae_dir, **{"model.network": "autoencoder"})
+  with pytest.raises(ValueError, match=r"config.model.unet does not fit the latents of shape "
+                                       r"\(7, 7, 2\).*norm_groups"):
+    _latent_spec(ae_dir, **{"model.unet": dict(ch=8, ch_mult=(1, 2), norm_groups=3)})
+  with pytest.raises(ValueError, match=r"autoencoder_step must be a checkpoint step"):
+    _latent_spec(ae_dir, **{"model.autoencoder_step": 0})
