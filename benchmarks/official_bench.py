@@ -10,7 +10,9 @@ Nothing of the official code is copied here: its own `Experiment_VDM.get_model_a
 image grids) and its `configs/cifar10.py` (the paper's CIFAR-10 model: n_embd 128, 32 layers,
 dropout 0.1, learnable_scalar schedule) are run as its `Experiment.__init__` wires them
 (`pmap(partial(lax.scan, partial(train_step, rng)))`), with `training.substeps` = 1 so that one
-call is one optimizer step, as in `bench.py`. The dataset is not built: the batch is random
+call is one optimizer step, as in `bench.py`; `--unscanned` calls the same `train_step` without
+the scan (on CPU, where XLA runs convolution gradients inside a loop far slower, this is the
+fair comparison of the two networks' steps; as wired, the official step is slower still). The dataset is not built: the batch is random
 uint8 images [1 device, 1 substep, batch, 32, 32, 3] and zero conditioning, as the speed does
 not depend on the pixels.
 
@@ -150,6 +152,10 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after the first")
   p.add_argument("--n_layer", type=int, default=None, help="override sm_n_layer (tests)")
   p.add_argument("--n_embd", type=int, default=None, help="override sm_n_embd (tests)")
+  p.add_argument("--unscanned", action="store_true",
+                 help="call its train_step directly instead of inside lax.scan over the "
+                      "substeps (XLA:CPU runs convolution gradients inside a loop many times "
+                      "slower; this project unrolls on CPU for that reason)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None, help="also append the JSON line to this file")
   return p
@@ -181,14 +187,21 @@ def main(argv=None) -> dict:
   exp.state = vdm.train_state.TrainState.create(apply_fn=exp.model.apply, variables=params,
                                                 optax_optimizer=exp.get_optimizer)
   exp.lr_schedule = exp.get_lr_schedule()
-  step = jax.pmap(functools.partial(jax.lax.scan, functools.partial(exp.train_step, train_rng)),
-                  "batch")
+  train_step = functools.partial(exp.train_step, train_rng)
+  if args.unscanned:   # the same step without the lax.scan over substeps (see --unscanned)
+    def one_substep(state, batch):
+      state, metrics = train_step(state, jax.tree_util.tree_map(lambda x: x[0], batch))
+      return state, jax.tree_util.tree_map(lambda x: x[None], metrics)
+    step = jax.pmap(one_substep, "batch")
+  else:
+    step = jax.pmap(functools.partial(jax.lax.scan, train_step), "batch")
 
   images = random_images(np.random.default_rng(args.seed), args.batch_size, (32, 32, 3), 256)
   batch = {"images": images[None, None], "conditioning": np.zeros((1, 1, args.batch_size))}
   state = flax.jax_utils.replicate(exp.state, jax.local_devices()[:1])   # as the official loop
   result = {**device_info(), "code": "official", "official_commit": _commit(checkout),
-            "batch_size": args.batch_size, "n_layer": config.model.sm_n_layer,
+            "batch_size": args.batch_size, "unscanned": args.unscanned,
+            "n_layer": config.model.sm_n_layer,
             "n_embd": config.model.sm_n_embd, "shims": shims, "stand_ins": stand_ins}
   t0 = time.perf_counter()
   watch = CpuWatch()
