@@ -5,6 +5,7 @@ from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 
 from experiments.configs import quickstart
 from vdm_jax import checkpoint, config as config_lib, parallel, training
@@ -45,6 +46,27 @@ def restore_saved_state(workdir, spec, step):
   state, _ = ckpt.restore(training.abstract_state(model, opt, parallel.make_mesh()), step=step)
   ckpt.close()
   return jax.device_get(state)
+
+
+def straight_and_resumed(make_spec, root, steps=4, **common):
+  """Runs `make_spec(**{"training.num_steps": steps, **common})` straight in <root>/straight,
+  and stopped halfway then resumed in <root>/resumed; returns (spec, straight, resumed, the
+  straight run's last record)."""
+  spec = make_spec(**{"training.num_steps": steps, **common})
+  half = make_spec(**{"training.num_steps": steps // 2, **common})
+  straight, resumed = Path(root) / "straight", Path(root) / "resumed"
+  last = training.train_and_evaluate(spec, straight)
+  training.train_and_evaluate(half, resumed)
+  training.train_and_evaluate(spec, resumed)
+  return spec, straight, resumed, last
+
+
+def assert_same_saved_states(a_dir, b_dir, spec, steps):
+  """The train states two runs saved at each of `steps` are equal leaf by leaf, bit for bit."""
+  for step in steps:
+    a, b = restore_saved_state(a_dir, spec, step), restore_saved_state(b_dir, spec, step)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def write_config_file(path, **overrides):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers_train import restore_saved_state, tiny_config
+from helpers_train import assert_same_saved_states, straight_and_resumed, tiny_config
 from vdm_jax import config as config_lib, data, logging_utils, parallel, training
 from vdm_jax.training import modes, objectives
 
@@ -25,18 +25,10 @@ def _spec(**overrides):
 
 
 def test_the_loop_trains_an_autoencoder_and_resume_is_bit_exact(tmp_path):
-  common = {"training.checkpoint_every": 2, "training.eval_every": 4}
-  spec4 = _spec(**{"training.num_steps": 4, **common})
-  spec2 = _spec(**{"training.num_steps": 2, **common})
-  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  last = training.train_and_evaluate(spec4, straight)
-  training.train_and_evaluate(spec2, resumed)
-  training.train_and_evaluate(spec4, resumed)
+  spec4, straight, resumed, last = straight_and_resumed(
+      _spec, tmp_path, **{"training.checkpoint_every": 2, "training.eval_every": 4})
   assert objectives.of(spec4.model.build()) is objectives.AUTOENCODER
-  for step in (2, 4):
-    a, b = restore_saved_state(straight, spec4, step), restore_saved_state(resumed, spec4, step)
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
-      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_same_saved_states(straight, resumed, spec4, (2, 4))
   records = logging_utils.read_metrics(resumed)
   assert [r["step"] for r in records if "train/bpd" in r] == [1, 2, 3, 4]
   assert not (resumed / "samples").exists()

@@ -1,6 +1,7 @@
 """Stage 2 of latent diffusion through the training system: a VDM on an autoencoder run's
 latents (resume, the pixel bound at eval, decoded samples), the autoencoder's identity, and the
 config checks."""
+import functools
 import math
 
 import jax
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers_train import restore_saved_state, tiny_config
+from helpers_train import assert_same_saved_states, straight_and_resumed, tiny_config
 from vdm_jax import config as config_lib, data, latent, logging_utils, parallel, training
 from vdm_jax.training import latent_runs, objectives
 from vdm_jax.training import workdir as workdir_lib
@@ -55,16 +56,9 @@ def _latent_spec(ae_dir, **overrides):
 def latent_runs_dirs(ae_dir, tmp_path_factory):
   """A 4-step latent run straight, and one stopped at step 2 and resumed; eval and samples at
   step 4."""
-  root = tmp_path_factory.mktemp("latent")
-  common = {"training.checkpoint_every": 2, "training.eval_every": 4,
-            "training.sample_every": 4}
-  spec4 = _latent_spec(ae_dir, **{"training.num_steps": 4, **common})
-  spec2 = _latent_spec(ae_dir, **{"training.num_steps": 2, **common})
-  straight, resumed = root / "straight", root / "resumed"
-  last = training.train_and_evaluate(spec4, straight)
-  training.train_and_evaluate(spec2, resumed)
-  training.train_and_evaluate(spec4, resumed)
-  return spec4, straight, resumed, last
+  return straight_and_resumed(
+      functools.partial(_latent_spec, ae_dir), tmp_path_factory.mktemp("latent"),
+      **{"training.checkpoint_every": 2, "training.eval_every": 4, "training.sample_every": 4})
 
 
 def test_the_latent_model_trains_resumes_bit_exact_and_decodes_its_samples(latent_runs_dirs):
@@ -72,10 +66,7 @@ def test_the_latent_model_trains_resumes_bit_exact_and_decodes_its_samples(laten
   model = spec.model.build()
   assert isinstance(model, latent.LatentVDM) and model.image_shape == (7, 7, 2)
   assert objectives.of(model) is objectives.LATENT_DIFFUSION
-  for step in (2, 4):
-    a, b = restore_saved_state(straight, spec, step), restore_saved_state(resumed, spec, step)
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
-      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_same_saved_states(straight, resumed, spec, (2, 4))
   records = logging_utils.read_metrics(resumed)
   assert [r["step"] for r in records if "train/latent_bpd" in r] == [1, 2, 3, 4]
   assert (resumed / "samples" / "step_4.png").is_file()      # decoded to pixels: a grid

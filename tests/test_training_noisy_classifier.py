@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers_train import restore_saved_state, tiny_config
+from helpers_train import (assert_same_saved_states, restore_saved_state, straight_and_resumed,
+                           tiny_config)
 from vdm_jax import config as config_lib, data, logging_utils, parallel
 from vdm_jax import noisy_classifier as nc
 from vdm_jax import training
@@ -31,25 +32,16 @@ def _classifier_spec(**overrides):
 @pytest.fixture(scope="module")
 def classifier_runs(tmp_path_factory):
   """A 4-step classifier run straight, and one stopped at step 2 and resumed."""
-  root = tmp_path_factory.mktemp("clf")
-  common = {"training.checkpoint_every": 2, "training.sample_every": 1}
-  spec4 = _classifier_spec(**{"training.num_steps": 4, **common})
-  spec2 = _classifier_spec(**{"training.num_steps": 2, **common})
-  straight, resumed = root / "straight", root / "resumed"
-  last = training.train_and_evaluate(spec4, straight)
-  training.train_and_evaluate(spec2, resumed)
-  training.train_and_evaluate(spec4, resumed)
-  return spec4, straight, resumed, last
+  return straight_and_resumed(_classifier_spec, tmp_path_factory.mktemp("clf"),
+                              **{"training.checkpoint_every": 2, "training.sample_every": 1})
 
 
 @pytest.mark.heavy   # a whole run end to end: minutes on 2 CPU cores
 def test_the_loop_trains_the_classifier_and_resume_is_bit_exact(classifier_runs):
   spec, straight, resumed, last = classifier_runs
   assert objectives.of(spec.model.build()) is objectives.NOISY_CLASSIFIER
-  for step in (2, 4):
-    a, b = restore_saved_state(straight, spec, step), restore_saved_state(resumed, spec, step)
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_same_saved_states(straight, resumed, spec, (2, 4))
+  b = restore_saved_state(resumed, spec, 4)
   init = training.create_state(spec.model.build(), training.make_optimizer(spec.optimizer, 4),
                                0, parallel.make_mesh())
   moved = [float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(

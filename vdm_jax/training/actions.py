@@ -42,6 +42,27 @@ def sample_eval_key(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), 3)
 
 
+def test_batches(spec: EvalSpec, test_split: tuple[np.ndarray, np.ndarray],
+                 mesh: jax.sharding.Mesh):
+  """This process's batches of the test split for an evaluation (spec.batch_size images a
+  global batch; only the first spec.max_batches when set, a quick look), with a progress bar;
+  each a dict of image, label and mask (`data.eval_batches`)."""
+  batch = parallel.per_process_batch(spec.batch_size, mesh, "config.eval.batch_size")
+  batches = data.eval_batches(*test_split, batch)
+  num_batches = -(-len(test_split[0]) // spec.batch_size)
+  if spec.max_batches is not None:
+    batches = itertools.islice(batches, spec.max_batches)
+    num_batches = min(num_batches, spec.max_batches)
+  return logging_utils.progress_iter(batches, num_batches, "eval", "batch")
+
+
+def mean_and_se(values: np.ndarray) -> tuple[float, float]:
+  """The mean of per-example values and its standard error (0 for one example)."""
+  values = np.asarray(values, np.float64)
+  se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+  return float(values.mean()), float(se)
+
+
 def evaluate_params(model: model_lib.VDM, params, spec: EvalSpec,
                     test_split: tuple[np.ndarray, np.ndarray], mesh: jax.sharding.Mesh,
                     key: jax.Array, *, method: str = "elbo") -> dict:
@@ -57,13 +78,7 @@ def evaluate_params(model: model_lib.VDM, params, spec: EvalSpec,
   test_split: (images uint8 [N, H, W, C], labels int32 [N]) already in memory
   (`data.load_arrays`); this process reads its shard of each batch.
   """
-  batch = parallel.per_process_batch(spec.batch_size, mesh, "config.eval.batch_size")
-  batches = data.eval_batches(*test_split, batch)
-  num_batches = -(-len(test_split[0]) // spec.batch_size)
-  if spec.max_batches is not None:   # a quick look at the first batches of the split
-    batches = itertools.islice(batches, spec.max_batches)
-    num_batches = min(num_batches, spec.max_batches)
-  batches = logging_utils.progress_iter(batches, num_batches, "eval", "batch")
+  batches = test_batches(spec, test_split, mesh)
   start = time.perf_counter()
   if method == "ode":
     kwargs = dict(method="ode", trace=spec.trace, rtol=spec.rtol, atol=spec.atol)

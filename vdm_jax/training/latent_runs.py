@@ -21,7 +21,9 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import checkpoint as checkpoint_lib, config as config_lib, data, latent, parallel
-from vdm_jax.training import state as state_lib, workdir as workdir_lib
+from vdm_jax import checkpoint as checkpoint_lib, config as config_lib, data, evaluation, latent
+from vdm_jax import parallel
+from vdm_jax.training import actions, state as state_lib, workdir as workdir_lib
 
 logger = logging.getLogger(__name__)
 
@@ -186,23 +189,14 @@ def evaluate(model, params, spec, test_split, mesh, key, method: str = "elbo") -
   (H(q(z | x)), subtracted) and 'eval/latent_bpd' (the latent VDM's bound on -log p(z));
   'eval/latent_scale', 'eval/num_images', 'eval/seconds'. A class-conditional model's bound is
   on -log p(x | y). `method` is the diffusion objective's; only the ELBO is available here."""
-  import math
-  import time
-  from vdm_jax import evaluation, logging_utils
   if method != "elbo":
     raise ValueError(f"the latent model's pixel bound is evaluated by the ELBO, not {method!r}:"
                      " set config.eval.method = 'elbo'.")
   ae = load(model.autoencoder_workdir, model.autoencoder_step)
   ae_variables = jax.device_put({"params": ae.params}, parallel.replicated(mesh))
-  batch = parallel.per_process_batch(spec.batch_size, mesh, "config.eval.batch_size")
-  batches = data.eval_batches(*test_split, batch)
-  num_batches = -(-len(test_split[0]) // spec.batch_size)
-  if spec.max_batches is not None:
-    batches = (b for _, b in zip(range(spec.max_batches), batches))
-    num_batches = min(num_batches, spec.max_batches)
   start = time.perf_counter()
   parts: dict[str, list] = {name: [] for name in latent.PixelBound._fields}
-  for n, b in enumerate(logging_utils.progress_iter(batches, num_batches, "eval", "batch")):
+  for n, b in enumerate(actions.test_batches(spec, test_split, mesh)):
     mask = np.asarray(b["mask"], bool)
     device_batch = parallel.shard_batch({"image": b["image"], "label": b["label"]}, mesh)
     labels = device_batch["label"].astype(jnp.int32) if model.num_classes else None
@@ -217,13 +211,12 @@ def evaluate(model, params, spec, test_split, mesh, key, method: str = "elbo") -
     raise ValueError("the latent model's evaluation got no real images.")
   to_bits = 1.0 / (math.prod(ae.model.image_shape) * math.log(2.0))
   total = (nats["decoder_nll"] - nats["encoder_entropy"] + nats["latent_nll"]) * to_bits
-  count = len(total)
-  return {"eval/bpd": float(total.mean()),
-          "eval/bpd_se": float(total.std(ddof=1) / math.sqrt(count)) if count > 1 else 0.0,
+  bpd, bpd_se = actions.mean_and_se(total)
+  return {"eval/bpd": bpd, "eval/bpd_se": bpd_se,
           "eval/decoder_bpd": float(nats["decoder_nll"].mean() * to_bits),
           "eval/encoder_entropy_bpd": float(nats["encoder_entropy"].mean() * to_bits),
           "eval/latent_bpd": float(nats["latent_nll"].mean() * to_bits),
-          "eval/latent_scale": ae.scale, "eval/num_images": count,
+          "eval/latent_scale": ae.scale, "eval/num_images": len(total),
           "eval/num_time_samples": spec.num_time_samples,
           "eval/seconds": time.perf_counter() - start}
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import data, evaluation, latent, likelihood, logging_utils, parallel
+from vdm_jax import evaluation, latent, likelihood, parallel
 from vdm_jax import noisy_classifier as noisy_classifier_lib
 from vdm_jax.config import EvalSpec
 from vdm_jax.training import actions, latent_runs
@@ -149,16 +149,10 @@ def evaluate_classifier(model, params, spec: EvalSpec, test_split: tuple[np.ndar
   objective's (a classifier has one evaluation).
   """
   del method
-  batch = parallel.per_process_batch(spec.batch_size, mesh, "config.eval.batch_size")
-  batches = data.eval_batches(*test_split, batch)
-  num_batches = -(-len(test_split[0]) // spec.batch_size)
-  if spec.max_batches is not None:
-    batches = (b for i, b in zip(range(spec.max_batches), batches))
-    num_batches = min(num_batches, spec.max_batches)
   start = time.perf_counter()
   sums = np.zeros((2, NUM_T_BINS), np.float64)   # (nll, correct) summed over real images
   count = 0
-  for n, b in enumerate(logging_utils.progress_iter(batches, num_batches, "eval", "batch")):
+  for n, b in enumerate(actions.test_batches(spec, test_split, mesh)):
     mask = np.asarray(b["mask"], bool)
     device_batch = parallel.shard_batch({"image": b["image"], "label": b["label"]}, mesh)
     out = _classifier_eval_batch({"params": params}, device_batch["image"],
@@ -231,15 +225,9 @@ def evaluate_autoencoder(model, params, spec: EvalSpec,
   'eval/seconds'. `method` is the diffusion objective's (an autoencoder has one evaluation).
   """
   del method
-  batch = parallel.per_process_batch(spec.batch_size, mesh, "config.eval.batch_size")
-  batches = data.eval_batches(*test_split, batch)
-  num_batches = -(-len(test_split[0]) // spec.batch_size)
-  if spec.max_batches is not None:
-    batches = (b for i, b in zip(range(spec.max_batches), batches))
-    num_batches = min(num_batches, spec.max_batches)
   start = time.perf_counter()
   parts: dict[str, list] = {"decoder_nll": [], "kl": [], "sq_err": []}
-  for n, b in enumerate(logging_utils.progress_iter(batches, num_batches, "eval", "batch")):
+  for n, b in enumerate(actions.test_batches(spec, test_split, mesh)):
     mask = np.asarray(b["mask"], bool)
     images = parallel.shard_batch({"image": b["image"]}, mesh)["image"]
     out = _autoencoder_eval_batch({"params": params}, images, jax.random.fold_in(key, n),
@@ -254,8 +242,8 @@ def evaluate_autoencoder(model, params, spec: EvalSpec,
   bits = (nll + kl) / (num_dims * math.log(2.0))
   mse = float(np.mean(sq_err)) / num_dims
   vmax = model.data.vocab_size - 1
-  return {"eval/bpd": float(bits.mean()),
-          "eval/bpd_se": float(bits.std(ddof=1) / math.sqrt(len(bits))) if len(bits) > 1 else 0.0,
+  bpd, bpd_se = actions.mean_and_se(bits)
+  return {"eval/bpd": bpd, "eval/bpd_se": bpd_se,
           "eval/decoder_bpd": float(nll.mean() / (num_dims * math.log(2.0))),
           "eval/kl_bpd": float(kl.mean() / (num_dims * math.log(2.0))),
           "eval/kl_per_latent_dim": float(kl.mean() / latent_dims),
