@@ -148,3 +148,21 @@ def test_latent_config_checks_fail_before_compute(ae_dir, tmp_path):
     _latent_spec(ae_dir, **{"model.unet": dict(ch=8, ch_mult=(1, 2), norm_groups=3)})
   with pytest.raises(ValueError, match=r"autoencoder_step must be a checkpoint step"):
     _latent_spec(ae_dir, **{"model.autoencoder_step": 0})
+
+
+def test_the_ldm_config_stages_resolve(ae_dir):
+  from experiments.configs import base, ldm_fashion_mnist
+  assert "--config=experiments/configs/ldm_fashion_mnist.py:autoencoder" in ldm_fashion_mnist.__doc__
+  reference = base.get_config()
+  for stage in ldm_fashion_mnist.STAGES:
+    config = ldm_fashion_mnist.get_config(stage)
+    for group in reference:   # base.py plus overrides
+      assert set(config[group]) == set(reference[group]), (stage, group)
+    if stage != "autoencoder":
+      config.data.name, config.model.autoencoder_workdir = DATASET, str(ae_dir)
+    model = config_lib.resolve(config, num_devices=8, num_processes=1).model.build()
+    assert type(model).__name__ == {"autoencoder": "AutoencoderModel", "latent": "LatentVDM",
+                                    "latent_cond": "LatentVDM"}[stage]
+  assert model.num_classes == 10 and model.network.label_conditioning == "cross_attention"
+  with pytest.raises(ValueError, match="takes one of"):
+    ldm_fashion_mnist.get_config("pixels")

@@ -6,11 +6,11 @@
     # Stage 2: VDM on its latents (scaled to unit variance; the scale is stored with the
     # autoencoder's checkpoint and the checkpoint's identity with every stage-2 checkpoint).
     python -m experiments.train --config=experiments/configs/ldm_fashion_mnist.py:latent \\
-        --workdir=/tmp/ldm --config.model.autoencoder_workdir=/tmp/ldm_ae
+        --workdir=/tmp/ldm               # --config.model.autoencoder_workdir=/tmp/ldm_ae
     # ... or class-conditional, the labels entering by cross-attention (label dropout 0.1, so
-    # classifier-free guidance works: --config.sampling.guidance_weight=2 at --mode=sample).
+    # classifier-free guidance works: --config.sampling.guidance_weight=2 for its sample grids).
     python -m experiments.train --config=experiments/configs/ldm_fashion_mnist.py:latent_cond \\
-        --workdir=/tmp/ldm_cond --config.model.autoencoder_workdir=/tmp/ldm_ae
+        --workdir=/tmp/ldm_cond
 
 Stage 1 logs -log p(x | z) and KL(q(z | x) || N(0, I)) in bits per pixel dimension, and at eval
 the PSNR of the decoder at the posterior mean and the KL per latent dimension. Stage 2 logs the
@@ -41,6 +41,8 @@ def get_config(stage: str = "autoencoder"):
                                kl_weight=0.1)
     c.training.update(num_steps=2000, checkpoint_every=1000)
     return c
+  # Stage 1's workdir of the commands above (a missing one is refused with what to do).
+  c.model.autoencoder_workdir = "/tmp/ldm_ae"
   c.model.unet.update(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
                       dropout=0.0, with_fourier_features=False)
   c.training.update(num_steps=2000, checkpoint_every=1000, sample_every=2000)
