@@ -21,7 +21,12 @@ to pixels.
 
 Hardware: 2 CPU cores. Autoencoder: 16 base channels, 28 -> 14 -> 7, one ResnetBlock per level
 on each side, KL weight 0.1 (latents that carry the images' shapes; the bound uses weight 1).
-Latent model: the quickstart's U-Net size on 7x7x4 latents (7 -> 4 -> 7).
+Latent model: a U-Net of 32 base channels on 7x7x4 latents (7 -> 4 -> 7), 652k parameters.
+
+Result (these commands, 2-core CPU VM, jax 0.10.2): stage 1 in 20 minutes on one core, test
+bound 3.955 +- 0.010 bpd (decoder 3.007, KL 0.947), PSNR 23.4 dB, 2.63 nats per latent
+dimension; stage 2 in 7.5 minutes on both cores (380-530 images/s), pixel-space test bound
+3.546 +- 0.016 bpd (decoder 3.007, encoder entropy -0.488, latent 0.051; latent scale 1.190).
 """
 from experiments.configs import base
 
