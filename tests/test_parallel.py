@@ -6,7 +6,7 @@ import pytest
 
 from helpers_train import tiny_config
 from vdm_jax import config as config_lib
-from vdm_jax import data, parallel, training
+from vdm_jax import data, latent, likelihood, nets, parallel, training
 
 
 def test_mesh_and_shard_batch():
@@ -100,6 +100,45 @@ def test_one_device_equals_eight_devices(setup, eight_devices_one_step_per_call)
   moved = max(float(np.max(np.abs(a - b))) for a, b in
               zip(jax.tree_util.tree_leaves(s8.params), jax.tree_util.tree_leaves(init.params)))
   assert moved > 1e-4
+
+
+def _latent_diffusion_stages():
+  """Stage 1 (an autoencoder on pixels) and stage 2 (a latent VDM on posterior moments of
+  latents [7, 7, 2]) of latent diffusion, each with 3 batches of its inputs."""
+  ae = config_lib.resolve(tiny_config(**{
+      "model.network": "autoencoder",
+      "model.autoencoder": dict(latent_channels=2, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1,
+                                kl_weight=0.5)})).model.build()
+  it = data.get_dataset("fashion_mnist", "train", 8, seed=1)
+  images = np.stack([next(it)["image"] for _ in range(3)])
+  latent_vdm = latent.LatentVDM(
+      network=nets.UNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                        dropout=0.0, with_fourier_features=False),
+      image_shape=(7, 7, 2), data=likelihood.Continuous(), schedule="learned_linear")
+  rng = np.random.default_rng(0)
+  moments = np.concatenate([rng.normal(size=(3, 8, 7, 7, 2)),
+                            rng.normal(-1.0, 0.3, size=(3, 8, 7, 7, 2))], -1).astype(np.float32)
+  return {"autoencoder": (ae, {"image": images}), "latent": (latent_vdm, {"image": moments})}
+
+
+@pytest.mark.parametrize("stage", ["autoencoder", "latent"])
+def test_latent_diffusion_stages_on_one_device_equal_eight_devices(setup, stage):
+  config, _, _ = setup
+  model, batches = _latent_diffusion_stages()[stage]
+  s1, l1 = _run(parallel.make_mesh(jax.devices()[:1]), model, config, batches, 1)
+  s8, l8 = _run(parallel.make_mesh(), model, config, batches, 1)
+  assert np.all(np.isfinite(l1)) and l1.shape == (3,)
+  np.testing.assert_allclose(l8, l1, rtol=1e-5)
+  leaves = jax.tree_util.tree_leaves
+  # Adam divides by the gradients' root mean square, so a parameter whose gradient is near 0
+  # moves by what float32 reductions in another order change: 1e-5 absolute after 3 steps.
+  for a, b in zip(leaves(s1.params), leaves(s8.params)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+  # Three updates moved the parameters (not a comparison of initial states).
+  init = training.create_state(model, training.make_optimizer(config.optimizer, 10), 0,
+                               parallel.make_mesh())
+  assert max(float(np.max(np.abs(a - b))) for a, b in
+             zip(leaves(s8.params), leaves(jax.device_get(init.params)))) > 1e-4
 
 
 @pytest.mark.heavy   # three compiled multi-step programs: ~70 s on 2 CPU cores
