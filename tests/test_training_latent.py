@@ -3,6 +3,7 @@ latents (resume, the pixel bound at eval, decoded samples), the autoencoder's id
 config checks."""
 import functools
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -131,6 +132,49 @@ def test_a_changed_autoencoder_checkpoint_is_refused_on_resume(ae_dir, latent_ru
   training.train_and_evaluate(pinned, run_copy)
   assert [r["step"] for r in logging_utils.read_metrics(run_copy) if "train/latent_bpd" in r] \
       == [1, 2, 3]
+
+
+@pytest.mark.heavy
+def test_sample_and_sample_eval_of_a_latent_run_measure_its_decoded_pixels(
+    latent_runs_dirs, ae_dir, tmp_path):
+  """--mode=sample writes pixels: the latent chains drawn here with `sampling.sample_model`
+  (chunk keys fold_in(key, c)) and decoded by the autoencoder at z = u / s; --mode=sample_eval
+  measures those same samples: FD against the test split's features computed here."""
+  from vdm_jax import metrics, sampling
+  from vdm_jax.training import modes, sample_shards
+  how = {"sampler": "ddim", "T": 2, "per_device_batch": 1}
+  spec = _latent_spec(ae_dir, **{f"sampling.{k}": v for k, v in how.items()}, **{
+      **{f"sample_eval.{k}": v for k, v in how.items()}, "sample_eval.num_samples": 16,
+      "sample_eval.max_features": 16, "sample_eval.kid_subsets": 2,
+      "sample_eval.kid_subset_size": 8, "sample_eval.feature_network": "fashion_mnist",
+      "sample_eval.cache_dir": str(tmp_path / "cache")})
+  _, straight, _, _ = latent_runs_dirs
+  out = modes.sample_checkpoint(spec, straight, num_samples=16, seed=7)
+  shards = sample_shards.read_shards(out["dir"])
+  assert shards["images"].dtype == np.uint8 and shards["images"].shape == (16, 28, 28, 1)
+  assert Path(out["png"]).is_file()
+
+  model, state, _ = training.restore_state(spec, straight, mesh=parallel.make_mesh())
+  ae = latent_runs.load(str(ae_dir))
+  variables = {"params": jax.device_get(state.ema_params)}
+  u = np.concatenate([np.asarray(sampling.sample_model(
+      model, variables, jax.random.fold_in(jax.random.PRNGKey(7), c), 8, sampler="ddim", T=2))
+      for c in range(2)])
+  assert u.shape == (16, 7, 7, 2) and u.dtype == np.float32
+  want = np.asarray(ae.model.apply({"params": ae.params}, jnp.asarray(u / ae.scale),
+                                   method=ae.model.decode))
+  # One device here, eight there: a latent within float32 rounding of a bin edge may round
+  # to the neighbouring pixel value.
+  assert np.mean(want == shards["images"]) > 0.99
+  assert np.max(np.abs(want.astype(int) - shards["images"])) <= 1
+
+  record = modes.sample_eval_checkpoint(spec, straight, seed=7)
+  net = metrics.load_feature_network("fashion_mnist")
+  real = np.asarray(net.feature_fn(data.load_arrays(DATASET, "test")[0]))
+  fake = np.asarray(net.feature_fn(shards["images"]))
+  fd = metrics.frechet_distance(metrics.feature_stats(real), metrics.feature_stats(fake))
+  np.testing.assert_allclose(record["sample_eval/fd"], fd, rtol=1e-6)
+  assert record["sample_eval/num_samples"] == 16 and record["sample_eval/reference_count"] == 400
 
 
 def test_latent_config_checks_fail_before_compute(ae_dir, tmp_path):

@@ -226,6 +226,14 @@ def to_images(model, samples: np.ndarray) -> np.ndarray:
   return decode(load(model.autoencoder_workdir, model.autoencoder_step), np.asarray(samples))
 
 
+def decoded_data(model) -> tuple[Any, tuple[int, ...]]:
+  """(data model, image shape) of a latent model's decoded samples: its autoencoder's pixels,
+  read from the stage-1 run's config (nothing is restored)."""
+  from vdm_jax.config import specs
+  ae = specs.autoencoder_spec(model.autoencoder_workdir).model
+  return ae.data_model(), tuple(ae.image_shape)
+
+
 def train_line(r: dict) -> str:
   return (f"train latent bpd {r['train/latent_bpd']:.4f} (recon "
           f"{r['train/latent_recon_bpd']:.4f} prior {r['train/latent_prior_bpd']:.4f} "

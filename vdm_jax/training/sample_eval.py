@@ -32,11 +32,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from vdm_jax import data, likelihood, logging_utils, metrics
+from vdm_jax import data, latent, likelihood, logging_utils, metrics
 from vdm_jax import model as model_lib
 from vdm_jax.config import RunSpec, SampleEvalSpec, SamplingSpec
 from vdm_jax.metrics import features as feature_networks
-from vdm_jax.training import guidance, sample_shards
+from vdm_jax.training import guidance, latent_runs, sample_shards
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +67,19 @@ def load_network(spec: SampleEvalSpec, dataset: str) -> feature_networks.Feature
 
 def check_network_fits(net: feature_networks.FeatureNetwork, model: model_lib.VDM) -> None:
   """Raises ValueError unless `net` takes the model's samples: 8-bit integer images of its
-  image shape."""
-  model_data = model.data
+  image shape (a latent model's: the pixels its autoencoder decodes them to)."""
+  if isinstance(model, latent.LatentVDM):
+    model_data, shape = latent_runs.decoded_data(model)
+    what = f"decoded by its autoencoder to {model_data.describe()}"
+  else:
+    model_data, shape = model.data, tuple(model.image_shape)
+    what = model_data.describe()
   takes_pixels = (isinstance(model_data, likelihood.Discrete) and model_data.vocab_size == 256)
-  if not takes_pixels or tuple(model.image_shape) != tuple(net.image_shape):
+  if not takes_pixels or shape != tuple(net.image_shape):
     raise ValueError(
         f"the feature network {net.name!r} takes {net.input_convention} of shape "
-        f"{tuple(net.image_shape)}; this model's samples are {model_data.describe()} of shape "
-        f"{tuple(model.image_shape)}. Use a feature network trained on data like this model's "
+        f"{tuple(net.image_shape)}; this model's samples are {what} of shape "
+        f"{shape}. Use a feature network trained on data like this model's "
         "(experiments/train_classifier.py, then config.sample_eval.feature_weights and "
         "feature_sha256), or turn sample evaluation off (config.sample_eval.every_steps=0).")
 

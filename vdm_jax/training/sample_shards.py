@@ -3,6 +3,9 @@
     for chunk in generate(model, variables, spec, key, mesh, num_samples=50_000):
       chunk.images   # this process's rows: int32 [n, H, W, C]; chunk.index: their sample ids
 
+A latent diffusion model's samples (`latent.LatentVDM`) are decoded to pixels by its autoencoder
+(`latent_runs.to_images`) on each process, so every consumer sees images.
+
 Chunk c holds the samples [c G, (c + 1) G) with G = per_device_batch x the global device count;
 its key is fold_in(key, c) and its batch is split over the mesh's 'data' axis, so each device
 draws G / devices of them and memory is bounded by the chunk, not by num_samples. The samples
@@ -29,9 +32,10 @@ from typing import Iterator, Sequence
 import jax
 import numpy as np
 
-from vdm_jax import logging_utils, parallel, sampling
+from vdm_jax import latent, logging_utils, parallel, sampling
 from vdm_jax import model as model_lib
 from vdm_jax.config import SamplingSpec
+from vdm_jax.training import latent_runs
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +43,8 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class Chunk:
   """One chunk's rows on this process: `index` int64 [n] sample ids (all < num_samples),
-  `images` int32 [n, H, W, C], `labels` int32 [n] or None (unconditional model)."""
+  `images` [n, H, W, C] (int32 for discrete data and decoded latents, float32 for continuous
+  data), `labels` int32 [n] or None (unconditional model)."""
   chunk: int
   index: np.ndarray
   images: np.ndarray
@@ -95,6 +100,8 @@ def generate(model: model_lib.VDM, variables, spec: SamplingSpec, key: jax.Array
     local_ids = _local_index(c, chunk_size, mesh)
     labels = parallel.shard_batch({"label": labels[local_ids - c * chunk_size]}, mesh)["label"]
     images = _local_rows(fn(variables, jax.random.fold_in(key, c), labels))
+    if isinstance(model, latent.LatentVDM):   # latents -> pixels, by its autoencoder
+      images = latent_runs.to_images(model, images).astype(np.int32)
     keep = local_ids < num_samples      # the last chunk is drawn whole, kept up to num_samples
     yield Chunk(chunk=c, index=local_ids[keep], images=images[keep],
                 labels=(local_ids[keep] % model.num_classes).astype(np.int32)
@@ -119,15 +126,24 @@ def _done_everywhere(out_dir: Path, total: int) -> set[int]:
 GRID_IMAGES = 64
 
 
+def samples_data(model):
+  """The data model of `model`'s samples as `generate` yields them: its own, or for a latent
+  model its autoencoder's pixels."""
+  if isinstance(model, latent.LatentVDM):
+    return latent_runs.decoded_data(model)[0]
+  return model.data
+
+
 def _save_grid(images: np.ndarray, stem: Path, model) -> None:
   """The first GRID_IMAGES samples; for class-conditional (or guided) samples, labels 0, 1,
   2, ... cyclically, one class per column."""
   classes = model.num_classes
+  vocab_size = getattr(samples_data(model), "vocab_size", None)
   if classes and classes <= min(GRID_IMAGES, len(images)):
     n = min(GRID_IMAGES, len(images)) // classes * classes
-    logging_utils.save_samples(images[:n], stem, model.vocab_size, ncols=classes)
+    logging_utils.save_samples(images[:n], stem, vocab_size, ncols=classes)
   else:
-    logging_utils.save_samples(images[:GRID_IMAGES], stem, model.vocab_size)
+    logging_utils.save_samples(images[:GRID_IMAGES], stem, vocab_size)
 
 
 # SamplingSpec fields that do not change a sample: how many are drawn (a rerun with more
@@ -135,9 +151,14 @@ def _save_grid(images: np.ndarray, stem: Path, model) -> None:
 _NOT_SETTINGS = ("num_samples", "per_device_batch")
 
 
-def _check_settings(out_dir: Path, spec: SamplingSpec, key: jax.Array, chunk_size: int) -> None:
-  """Writes <out_dir>/settings.json, or raises ValueError when the one there differs."""
+def _check_settings(out_dir: Path, spec: SamplingSpec, key: jax.Array, chunk_size: int,
+                    model) -> None:
+  """Writes <out_dir>/settings.json, or raises ValueError when the one there differs (for a
+  latent model, its autoencoder's identity too: its decoder makes the pixels)."""
   settings = {k: v for k, v in dataclasses.asdict(spec).items() if k not in _NOT_SETTINGS}
+  if isinstance(model, latent.LatentVDM):
+    settings.update(latent_runs.load(model.autoencoder_workdir,
+                                     model.autoencoder_step).identity())
   settings = json.loads(json.dumps({
       **settings, "key": np.asarray(jax.random.key_data(key)).tolist(),
       "chunk_size": chunk_size}, default=str))
@@ -165,17 +186,18 @@ def write_shards(model: model_lib.VDM, variables, spec: SamplingSpec, key: jax.A
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   chunk_size = per_device_batch * mesh.devices.size
-  _check_settings(out_dir, spec, key, chunk_size)
+  _check_settings(out_dir, spec, key, chunk_size, model)
   total = num_chunks(num_samples, chunk_size)
   done = _done_everywhere(out_dir, total)
   if done:
     logger.info("%d of %d chunks already in %s: skipped.", len(done), total, out_dir)
+  storage_dtype = samples_data(model).storage_dtype
   start, written = time.perf_counter(), 0
   chunks = generate(model, variables, spec, key, mesh, num_samples,
                     per_device_batch=per_device_batch, skip=done)
   for chunk in logging_utils.progress_iter(chunks, total, "samples", "chunk",
                                            initial=len(done)):
-    arrays = {"index": chunk.index, "images": chunk.images.astype(model.data.storage_dtype)}
+    arrays = {"index": chunk.index, "images": chunk.images.astype(storage_dtype)}
     if chunk.labels is not None:
       arrays["labels"] = chunk.labels
     path = shard_path(out_dir, chunk.chunk, jax.process_index())
