@@ -177,6 +177,51 @@ def test_sample_and_sample_eval_of_a_latent_run_measure_its_decoded_pixels(
   assert record["sample_eval/num_samples"] == 16 and record["sample_eval/reference_count"] == 400
 
 
+# Four distinct binary 8x8 images, uniformly: the data's entropy is log 4 nats per image, and
+# any bound on -log p(x) averaged over them is at least that.
+KNOWN_K = 4
+
+
+@pytest.mark.heavy   # two trainings of a few hundred steps: a minute on 2 CPU cores
+def test_on_data_of_known_entropy_both_stages_bound_it_from_above_and_come_close(tmp_path):
+  """Stage 1's bound (decoder NLL + KL to N(0, I)) and stage 2's pixel bound (decoder NLL -
+  entropy of q(z | x) + the latent VDM bound) of trained tiny models are >= log K - 4 s.e.,
+  and within 4 nats of it (an untrained model is ~44 nats above: the checks bite); the
+  learned latent prior beats N(0, I)."""
+  rng = np.random.default_rng(0)
+  images = (255 * rng.integers(0, 2, (KNOWN_K, 8, 8, 1))).astype(np.uint8)
+  assert len(np.unique(images.reshape(KNOWN_K, -1), axis=0)) == KNOWN_K
+  data.register_arrays("known_entropy", np.tile(images, (128, 1, 1, 1)),
+                       np.tile(images, (100, 1, 1, 1)), overwrite=True)
+  common = {"data.name": "known_entropy", "model.image_shape": (8, 8, 1)}
+
+  def run(workdir, steps, **overrides):
+    c = tiny_config(**common, **overrides)
+    c.training.update(batch_size=32, num_steps=steps, checkpoint_every=steps, eval_every=steps,
+                      log_every=steps)
+    c.optimizer.update(lr=3e-3, warmup_steps=20, ema_rate=0.99)
+    training.train_and_evaluate(config_lib.resolve(c), workdir)
+    final = [r for r in logging_utils.read_metrics(workdir) if "eval/bpd" in r][-1]
+    assert final["eval/num_images"] == KNOWN_K * 100
+    to_nats = 64 * math.log(2)       # bits per pixel dimension -> nats per image
+    return final["eval/bpd"] * to_nats, final["eval/bpd_se"] * to_nats
+
+  entropy = math.log(KNOWN_K)
+  ae_bound, ae_se = run(tmp_path / "ae", 600, **{
+      "model.network": "autoencoder", "model.schedule": "fixed_linear",
+      "model.autoencoder": dict(latent_channels=2, ch=16, ch_mult=(1, 2), num_res_blocks=1,
+                                kl_weight=1.0),
+      "eval.batch_size": 400})
+  assert entropy - 4 * ae_se <= ae_bound < entropy + 4.0, (ae_bound, ae_se, entropy)
+  bound, se = run(tmp_path / "latent", 1500, **{
+      "model.autoencoder_workdir": str(tmp_path / "ae"),
+      "model.unet": dict(ch=16, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(),
+                         dropout=0.0, with_fourier_features=False),
+      "eval.batch_size": 400, "eval.num_time_samples": 32})
+  assert entropy - 4 * se <= bound < entropy + 4.0, (bound, se, entropy)
+  assert bound < ae_bound + 2 * math.hypot(se, ae_se), (bound, ae_bound)
+
+
 def test_latent_config_checks_fail_before_compute(ae_dir, tmp_path):
   with pytest.raises(ValueError, match=r"autoencoder_workdir=.*nowhere has no config.json"):
     _latent_spec(tmp_path / "nowhere")
