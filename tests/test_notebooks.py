@@ -18,12 +18,13 @@ from test_data_download import FileServer, published_fashion_mnist
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # The Fashion-MNIST splits each notebook downloads; 2d_swirl makes its own data.
-DOWNLOADS = {"01_vdm_tour": ["t10k"], "02_train_and_sample": ["train", "t10k"], "2d_swirl": []}
+DOWNLOADS = {"01_vdm_tour": ["t10k"], "02_train_and_sample": ["train", "t10k"], "2d_swirl": [],
+             "latent_diffusion": ["train", "t10k"]}
 
 
 def test_notebooks_are_stored_without_outputs():
   assert [p.name for p in NOTEBOOKS] == ["01_vdm_tour.ipynb", "02_train_and_sample.ipynb",
-                                         "2d_swirl.ipynb"]
+                                         "2d_swirl.ipynb", "latent_diffusion.ipynb"]
   for path in NOTEBOOKS:
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
@@ -43,11 +44,27 @@ def test_first_cell_names_one_source_and_installs_from_it():
     assert '"pip", "install", "-q", VDM_JAX_SOURCE]' in source
 
 
-def test_swirl_notebook_has_a_colab_badge_linking_to_itself():
-  first = nbformat.read(ROOT / "notebooks" / "2d_swirl.ipynb", as_version=4).cells[0]
+@pytest.mark.parametrize("name", ["2d_swirl", "latent_diffusion"])
+def test_notebook_has_a_colab_badge_linking_to_itself(name):
+  first = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells[0]
   assert first.cell_type == "markdown"
   assert "(https://colab.research.google.com/assets/colab-badge.svg)" in first.source
-  assert "/vdm_jax/blob/main/notebooks/2d_swirl.ipynb)" in first.source
+  assert f"/vdm_jax/blob/main/notebooks/{name}.ipynb)" in first.source
+
+
+def test_notebooks_are_built_from_their_sources():
+  """The .ipynb files are what build_notebooks.py writes (same cells, same ids)."""
+  sys.path.insert(0, str(ROOT / "notebooks"))
+  try:
+    import build_notebooks
+  finally:
+    sys.path.pop(0)
+  assert sorted(build_notebooks.NOTEBOOKS) == [p.name for p in NOTEBOOKS]
+  for path in NOTEBOOKS:
+    cells = nbformat.read(path, as_version=4).cells
+    want = build_notebooks.NOTEBOOKS[path.name]
+    assert [(c.cell_type, c.source) for c in cells] == [(c.cell_type, c.source) for c in want]
+    assert [c.id for c in cells] == [f"cell-{i}" for i in range(len(cells))]
 
 
 @pytest.fixture(scope="module")
