@@ -86,7 +86,9 @@ def _continuous_config(path, **overrides):
   return c
 
 
-@pytest.mark.slow
+# A whole 300-step run with samples (20 s on 2 CPU cores): heavy tier. The default tier checks the
+# continuous-data bound against closed forms (tests/test_data_models.py).
+@pytest.mark.heavy
 def test_training_on_continuous_data_reports_a_bound_above_the_entropy(tmp_path):
   path = tmp_path / "gauss.npz"
   np.savez(path, x_train=_gaussian(4096, 0), x_test=_gaussian(1000, 1))

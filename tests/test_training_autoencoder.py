@@ -1,5 +1,7 @@
 """Stage 1 of latent diffusion through the training system: the autoencoder's objective, its
 eval (bound, PSNR, KL per latent dimension), resume, and its config checks."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,23 +26,24 @@ def _spec(**overrides):
   return config_lib.resolve(tiny_config(**{**AUTOENCODER, **overrides}))
 
 
-def test_the_loop_trains_an_autoencoder_and_resume_is_bit_exact(tmp_path):
-  spec4, straight, resumed, last = straight_and_resumed(
-      _spec, tmp_path, **{"training.checkpoint_every": 2, "training.eval_every": 4})
-  assert objectives.of(spec4.model.build()) is objectives.AUTOENCODER
-  assert_same_saved_states(straight, resumed, spec4, (2, 4))
-  records = logging_utils.read_metrics(resumed)
-  assert [r["step"] for r in records if "train/bpd" in r] == [1, 2, 3, 4]
-  assert not (resumed / "samples").exists()
+def test_the_loop_trains_an_autoencoder_and_its_eval_matches_a_hand_computation(tmp_path):
+  spec = _spec(**{"training.num_steps": 2, "training.eval_every": 2})
+  last = training.train_and_evaluate(spec, tmp_path)
+  assert objectives.of(spec.model.build()) is objectives.AUTOENCODER
+  records = logging_utils.read_metrics(tmp_path)
+  assert [r["step"] for r in records if "train/bpd" in r] == [1, 2]
+  assert not (tmp_path / "samples").exists()
 
   # The eval's figures from the restored EMA parameters, aggregated here independently: the
   # PSNR from the reconstructions' squared error, the KL per latent dimension in closed form.
   assert last["eval/latent_shape"] == "7x7x2" and last["eval/num_images"] == 400
-  model, state, _ = training.restore_state(spec4, straight, mesh=parallel.make_mesh())
+  model, state, _ = training.restore_state(spec, tmp_path, mesh=parallel.make_mesh())
   images = data.load_arrays("fashion_mnist", "test")[0][:400]
   variables = {"params": jax.device_get(state.ema_params)}
-  mean, log_std = model.apply(variables, jnp.asarray(images), method=model.encode)
-  recon = np.asarray(model.apply(variables, mean, method=model.decode))
+  mean, log_std = jax.jit(functools.partial(model.apply, method=model.encode))(
+      variables, jnp.asarray(images))
+  recon = np.asarray(jax.jit(functools.partial(model.apply, method=model.decode))(
+      variables, mean))
   mse = np.mean(np.square(recon.astype(np.float64) - images))
   np.testing.assert_allclose(last["eval/psnr"], 10 * np.log10(255 ** 2 / mse), rtol=1e-6)
   m, s = np.asarray(mean, np.float64), np.exp(np.asarray(log_std, np.float64))
@@ -50,8 +53,19 @@ def test_the_loop_trains_an_autoencoder_and_resume_is_bit_exact(tmp_path):
   assert last["eval/bpd"] > 0 and 0 < last["eval/bpd_se"] < 0.1 * last["eval/bpd"]
 
   # --mode=eval of the run gives the loop's numbers (same key, same parameters).
-  record = modes.evaluate_checkpoint(spec4, straight)
+  record = modes.evaluate_checkpoint(spec, tmp_path)
   np.testing.assert_allclose(record["eval/bpd"], last["eval/bpd"], rtol=1e-6)
+
+
+# Three runs (straight, stopped, resumed): heavy tier. The default tier checks the autoencoder's
+# compiled step on one and eight devices (tests/test_parallel.py) and its eval above.
+@pytest.mark.heavy
+def test_autoencoder_resume_is_bit_exact(tmp_path):
+  spec4, straight, resumed, _ = straight_and_resumed(
+      _spec, tmp_path, **{"training.checkpoint_every": 2, "training.eval_every": 4})
+  assert_same_saved_states(straight, resumed, spec4, (2, 4))
+  assert [r["step"] for r in logging_utils.read_metrics(resumed) if "train/bpd" in r] \
+      == [1, 2, 3, 4]
 
 
 def test_autoencoder_config_checks_fail_before_compute(tmp_path):
